@@ -1,0 +1,42 @@
+# lockcell — every target bootstraps its own virtual environment from a clean clone.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SEEDS ?= 20000
+DURATION ?= 60
+
+.PHONY: all run test lint typecheck unit bench soak chaos clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/lockcell cell up
+
+lint: $(STAMP)
+	$(BIN)/ruff check server operator tests bench
+	$(BIN)/mypy --strict server/lockcell operator/lockcell_operator
+
+typecheck: lint
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test: lint unit
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+soak: $(STAMP)
+	LOCKCELL_SIM_SEEDS=$(SEEDS) $(BIN)/python -m pytest -q -p no:cacheprovider tests/raft/test_simulation.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

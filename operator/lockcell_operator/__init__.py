@@ -1,0 +1,1 @@
+"""lockcell_operator: the kopf operator that runs lockcell cells on Kubernetes."""

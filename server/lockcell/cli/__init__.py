@@ -1,0 +1,1 @@
+"""The lockcell command-line interface."""

@@ -1,0 +1,1 @@
+"""Pure, deterministic Raft core: tick, step and propose in; Ready batches out."""

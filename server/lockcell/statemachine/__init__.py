@@ -1,0 +1,1 @@
+"""The cell's replicated state machine: namespace, handles, locks, sessions and events."""

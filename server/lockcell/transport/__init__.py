@@ -1,0 +1,1 @@
+"""Peer transport: encoding and carrying Raft messages between members."""
