@@ -110,14 +110,19 @@ class _PendingRead:
     requester: NodeId
 
 
-def bootstrap_entries(voters: Sequence[NodeId]) -> tuple[HardState, tuple[Entry, ...]]:
+def bootstrap_entries(
+    voters: Sequence[NodeId], context: str = ""
+) -> tuple[HardState, tuple[Entry, ...]]:
     """What a brand-new cell persists before its first start: its initial voters at index 1.
 
     Every initial member must persist the same result, so the cell starts with one log.
+    ``context`` travels with the change (the node layer puts member addresses there).
     """
     if not voters:
         raise ValueError("a cell needs at least one initial voter")
-    change = ConfChange(tuple(MemberChange(ChangeOp.ADD_VOTER, v) for v in sorted(set(voters))))
+    change = ConfChange(
+        tuple(MemberChange(ChangeOp.ADD_VOTER, v) for v in sorted(set(voters))), context
+    )
     entry = Entry(term=1, index=1, kind=EntryKind.CONF_CHANGE, data=change.encode())
     return HardState(term=1, vote=None, commit=1), (entry,)
 

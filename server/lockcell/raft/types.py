@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass, field
 
 NodeId = str
@@ -66,27 +67,36 @@ class ConfChange:
 
     Changes that alter the voter set enter a joint configuration (C_old,new) that the
     leader leaves automatically once it is committed. An empty change list leaves a
-    joint configuration explicitly.
+    joint configuration explicitly. ``context`` is opaque to Raft; the node layer uses it
+    to replicate the new members' addresses with the change itself.
     """
 
     changes: tuple[MemberChange, ...] = ()
+    context: str = ""
 
     def encode(self) -> bytes:
-        """Encode as compact text: ``op:node`` pairs joined by newlines."""
-        return "\n".join(f"{c.op.value}:{c.node}" for c in self.changes).encode()
+        """Encode as compact JSON."""
+        doc: dict[str, object] = {"c": [[c.op.value, c.node] for c in self.changes]}
+        if self.context:
+            doc["x"] = self.context
+        return json.dumps(doc, separators=(",", ":")).encode()
 
     @staticmethod
     def decode(data: bytes) -> ConfChange:
         """Decode what :meth:`encode` wrote; raises ``ValueError`` on malformed input."""
         if not data:
             return ConfChange(())
-        changes: list[MemberChange] = []
-        for line in data.decode().split("\n"):
-            op_text, sep, node = line.partition(":")
-            if not sep or not node:
-                raise ValueError(f"malformed membership change {line!r}")
-            changes.append(MemberChange(ChangeOp(int(op_text)), node))
-        return ConfChange(tuple(changes))
+        try:
+            doc = json.loads(data)
+            changes = tuple(
+                MemberChange(ChangeOp(int(op)), str(node)) for op, node in doc["c"]
+            )
+            context = doc.get("x", "")
+        except (KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"malformed membership change: {exc}") from exc
+        if not isinstance(context, str) or any(not c.node for c in changes):
+            raise ValueError("malformed membership change")
+        return ConfChange(changes, context)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,59 @@
+"""Runs one member as a process: the HTTP front end on the client port plus the Member."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import resource
+import signal
+
+from aiohttp import web
+
+from lockcell.api.http import HttpApi
+from lockcell.node.member import Member, MemberConfig
+
+log = logging.getLogger("lockcell.server")
+
+WANTED_FILE_DESCRIPTORS = 65536
+
+
+def raise_file_limit(wanted: int = WANTED_FILE_DESCRIPTORS) -> int:
+    """Lift the soft open-file limit toward ``wanted`` (10,000 clients need it); returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+async def serve(config: MemberConfig, ready: asyncio.Event | None = None) -> None:
+    """Run a member until SIGTERM/SIGINT."""
+    limit = raise_file_limit()
+    member = Member(config)
+    api = HttpApi(member)
+    member.set_forward_handler(api.handle_forwarded)
+    await member.start()
+    runner = web.AppRunner(api.app, access_log=None, handle_signals=False,
+                           keepalive_timeout=75.0)
+    await runner.setup()
+    site = web.TCPSite(runner, config.client_host, config.client_port, backlog=4096,
+                       reuse_address=True)
+    await site.start()
+    log.info("member %s of cell %s serving clients on %s, peers on %s (fd limit %d)",
+             member.id, config.cell, config.advertised_client_url,
+             config.advertised_peer_url, limit)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        log.info("member %s stopping", member.id)
+        await runner.cleanup()
+        await member.stop()

@@ -1,0 +1,609 @@
+"""The cell service: the replicated state plus the leader's memory (leases, events, waiters)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import struct
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from lockcell.node.driver import RaftDriver, Unavailable
+from lockcell.raft.types import ChangeOp, ConfChange, NodeId, Role
+from lockcell.statemachine.cell import CellState
+from lockcell.statemachine.commands import (
+    Acquire,
+    Close,
+    CloseSession,
+    Command,
+    CreateSession,
+    ExpireSession,
+    Grant,
+    GrantLocks,
+    Release,
+)
+from lockcell.statemachine.errors import CellError, ErrorCode, Failure
+from lockcell.statemachine.results import (
+    ApplyResult,
+    GrantSkipped,
+    HandleClosed,
+    JsonDict,
+    LockDelayArmed,
+    LockGranted,
+    LockReleased,
+    NodeDeleted,
+    SessionEnded,
+    SessionStarted,
+)
+from lockcell.statemachine.sequencer import SequencerRef
+from lockcell.statemachine.values import EventType, LockMode
+
+log = logging.getLogger("lockcell.cell")
+
+MIN_LEASE_MS = 1000
+MAX_LEASE_MS = 60000
+
+
+class CallFailed(Exception):
+    """A call answered with a documented API error."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+def _fail(code: ErrorCode, message: str, **extra: int) -> CallFailed:
+    return CallFailed(Failure(code, message, extra.get("lock_delay_until_ms")))
+
+
+@dataclass(frozen=True, slots=True)
+class MemberAddress:
+    """Where a member serves clients and peers."""
+
+    url: str
+    peer_url: str
+
+
+@dataclass
+class _SessionMemory:
+    """Leader memory for one session: lease deadline, event queue, long poll."""
+
+    lease_ms: int
+    deadline: float
+    events: list[JsonDict] = field(default_factory=list)
+    next_seq: int = 1
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
+class _Waiter:
+    """A blocking Acquire queued at the leader."""
+
+    session: str
+    handle: str
+    mode: LockMode
+    future: asyncio.Future[JsonDict]
+    granting: bool = False
+
+
+@dataclass
+class _LockQueue:
+    waiters: deque[_Waiter] = field(default_factory=deque)
+    grant_in_flight: bool = False
+    delay_timer: asyncio.TimerHandle | None = None
+
+
+class CellService:
+    """Serves the Chubby API on top of a :class:`RaftDriver` and a :class:`CellState`.
+
+    Writes become log entries; reads wait for a ReadIndex. KeepAlives, event queues and
+    lock waiters are leader memory (DESIGN.md §3): a new leader grants every session a
+    fresh lease and a ``master_failover`` event, and waiting clients re-queue.
+    """
+
+    def __init__(
+        self,
+        cell_name: str,
+        *,
+        default_lease_ms: int = 12000,
+        max_lock_delay_ms: int = 60000,
+        grace_ms: int = 45000,
+        on_members: Callable[[dict[NodeId, MemberAddress]], None] | None = None,
+    ) -> None:
+        self.cell_name = cell_name
+        self.default_lease_ms = default_lease_ms
+        self.max_lock_delay_ms = max_lock_delay_ms
+        self.grace_ms = grace_ms
+        self.state = CellState(cell_name, max_lock_delay_ms=max_lock_delay_ms,
+                               default_lease_ms=default_lease_ms, grace_ms=grace_ms)
+        self.members: dict[NodeId, MemberAddress] = {}
+        self._on_members = on_members
+        self.driver: RaftDriver | None = None
+        self._sessions: dict[str, _SessionMemory] = {}
+        self._queues: dict[str, _LockQueue] = {}
+        self._serving = False
+        self._expiry_task: asyncio.Task[None] | None = None
+        self.counters: dict[str, int] = {
+            "sessions_expired": 0, "keepalives": 0, "events": 0, "lock_delay_blocks": 0,
+        }
+
+    # ------------------------------------------------------------------ wiring
+
+    def attach(self, driver: RaftDriver) -> None:
+        """Bind to the driver (after it restored any snapshot into this service)."""
+        self.driver = driver
+
+    def start(self) -> None:
+        """Start the leader's expiry loop."""
+        self._expiry_task = asyncio.get_running_loop().create_task(self._expire_forever())
+
+    async def stop(self) -> None:
+        """Stop the expiry loop and answer every waiting call."""
+        if self._expiry_task is not None:
+            self._expiry_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry_task
+        self._drop_leader_memory(Unavailable("member shutting down"))
+
+    @property
+    def _driver(self) -> RaftDriver:
+        assert self.driver is not None
+        return self.driver
+
+    @property
+    def serving(self) -> bool:
+        """Whether this member leads and has committed in its term (may answer calls)."""
+        return self._serving and self._driver.is_leader
+
+    # ------------------------------------------------------------------ Application
+
+    def apply_entry(self, index: int, data: bytes) -> object:
+        """Apply one committed command; the leader reacts to its events and effects."""
+        result = self.state.apply(index, data)
+        if self._serving:
+            self._react(result)
+        return result
+
+    def apply_conf_change(self, index: int, change: ConfChange) -> None:
+        """Track member addresses that ride on membership changes."""
+        added: dict[str, Any] = {}
+        if change.context:
+            with contextlib.suppress(ValueError):
+                doc = json.loads(change.context)
+                if isinstance(doc, dict):
+                    added = doc.get("members", {})
+        for member_id, address in added.items():
+            if isinstance(address, dict):
+                self.members[str(member_id)] = MemberAddress(
+                    str(address.get("url", "")), str(address.get("peer_url", ""))
+                )
+        for single in change.changes:
+            if single.op is ChangeOp.REMOVE:
+                self.members.pop(single.node, None)
+        if self._on_members is not None:
+            self._on_members(dict(self.members))
+
+    def snapshot(self) -> bytes:
+        """State-machine image plus the member address book."""
+        book = json.dumps(
+            {m: {"url": a.url, "peer_url": a.peer_url} for m, a in sorted(self.members.items())},
+            separators=(",", ":"),
+        ).encode()
+        return struct.pack("<I", len(book)) + book + self.state.snapshot()
+
+    def restore(self, data: bytes) -> None:
+        """Adopt a snapshot image written by :meth:`snapshot`."""
+        (size,) = struct.unpack_from("<I", data, 0)
+        book = json.loads(data[4 : 4 + size])
+        self.state = CellState.restore(data[4 + size :])
+        self.members = {
+            str(m): MemberAddress(str(a["url"]), str(a["peer_url"])) for m, a in book.items()
+        }
+        if self._on_members is not None:
+            self._on_members(dict(self.members))
+
+    def on_role_change(self, role: Role, leader: NodeId | None, term: int) -> None:
+        """Leaving leadership drops leader memory; taking it waits for our no-op."""
+        if role is not Role.LEADER:
+            self._serving = False
+            self._drop_leader_memory(Unavailable("leadership moved", leader))
+
+    def on_applied(self, index: int) -> None:
+        """Start serving once the leader's own no-op (and all before it) is applied."""
+        driver = self._driver
+        if self._serving or not driver.is_leader:
+            return
+        core = driver.core
+        if core.log.term(core.log.committed) != core.term:
+            return
+        self._serving = True
+        self._take_over()
+
+    # ------------------------------------------------------------------ leader memory
+
+    def _take_over(self) -> None:
+        """A new leader: fresh full leases and a master_failover event for every session."""
+        now = time.monotonic()
+        self._sessions = {}
+        for info in self.state.live_sessions():
+            memory = _SessionMemory(info.lease_ms, now + info.lease_ms / 1000.0)
+            self._sessions[info.session] = memory
+            self._queue_event(info.session, {"type": EventType.MASTER_FAILOVER.value,
+                                             "handle": "", "path": ""})
+        log.info("serving as leader with %d sessions", len(self._sessions))
+
+    def _drop_leader_memory(self, exc: Exception) -> None:
+        for memory in self._sessions.values():
+            memory.wake.set()
+        self._sessions = {}
+        for queue in self._queues.values():
+            if queue.delay_timer is not None:
+                queue.delay_timer.cancel()
+            for waiter in queue.waiters:
+                if not waiter.future.done():
+                    waiter.future.set_exception(exc)
+        self._queues = {}
+
+    def _queue_event(self, session: str, event: JsonDict) -> None:
+        memory = self._sessions.get(session)
+        if memory is None:
+            return
+        event = dict(event, seq=memory.next_seq)
+        memory.next_seq += 1
+        memory.events.append(event)
+        memory.wake.set()
+        self.counters["events"] += 1
+
+    def _react(self, result: ApplyResult) -> None:
+        for event in result.events:
+            self._queue_event(event.session, event.event)
+        for effect in result.effects:
+            if isinstance(effect, SessionStarted):
+                self._sessions[effect.session] = _SessionMemory(
+                    effect.lease_ms, time.monotonic() + effect.lease_ms / 1000.0
+                )
+            elif isinstance(effect, SessionEnded):
+                memory = self._sessions.pop(effect.session, None)
+                if memory is not None:
+                    memory.wake.set()
+                self._fail_waiters(_fail(ErrorCode.SESSION_EXPIRED, "session ended"),
+                                   session=effect.session)
+            elif isinstance(effect, HandleClosed):
+                self._fail_waiters(_fail(ErrorCode.HANDLE_INVALID, "handle closed"),
+                                   handle=effect.handle)
+            elif isinstance(effect, NodeDeleted):
+                queue = self._queues.pop(effect.path, None)
+                if queue is not None:
+                    for waiter in queue.waiters:
+                        if not waiter.future.done():
+                            waiter.future.set_exception(
+                                _fail(ErrorCode.HANDLE_INVALID, "node deleted"))
+            elif isinstance(effect, LockGranted):
+                self._granted(effect)
+            elif isinstance(effect, GrantSkipped):
+                self._grant_skipped(effect)
+            elif isinstance(effect, (LockReleased, LockDelayArmed)):
+                self._schedule_grants(effect.path)
+
+    def _fail_waiters(self, exc: CallFailed, *, session: str | None = None,
+                      handle: str | None = None) -> None:
+        for path, queue in list(self._queues.items()):
+            kept: deque[_Waiter] = deque()
+            for waiter in queue.waiters:
+                matches = waiter.session == session or waiter.handle == handle
+                if matches and not waiter.granting:
+                    if not waiter.future.done():
+                        waiter.future.set_exception(exc)
+                else:
+                    kept.append(waiter)
+            queue.waiters = kept
+            self._schedule_grants(path)
+
+    # ------------------------------------------------------------------ proposals
+
+    async def _propose(self, command: Command) -> ApplyResult:
+        """Append ``command`` (stamped by the leader) and wait for its result."""
+        if not self.serving:
+            raise Unavailable("not serving", self._driver.leader_id)
+        result = await self._driver.propose(lambda stamp: replace(command, now_ms=stamp).encode())
+        assert isinstance(result, ApplyResult)
+        return result
+
+    async def write(self, command: Command) -> JsonDict:
+        """Propose a client write; its error becomes :class:`CallFailed`."""
+        result = await self._propose(command)
+        if result.error is not None:
+            raise CallFailed(result.error)
+        assert result.value is not None
+        return result.value
+
+    async def read(self, query: Callable[[CellState], JsonDict]) -> JsonDict:
+        """Run ``query`` on state that reflects every write committed before the call."""
+        if not self.serving:
+            raise Unavailable("not serving", self._driver.leader_id)
+        await self._driver.linearizable_read()
+        try:
+            return query(self.state)
+        except CellError as exc:
+            raise CallFailed(exc.failure) from exc
+
+    # ------------------------------------------------------------------ sessions
+
+    def clamp_lease(self, lease_ms: int | None) -> int:
+        """The lease a session gets for a requested length."""
+        if lease_ms is None:
+            return self.default_lease_ms
+        return max(MIN_LEASE_MS, min(MAX_LEASE_MS, lease_ms))
+
+    async def create_session(self, lease_ms: int | None, request_id: str | None) -> JsonDict:
+        """CreateSession: the leader picks an unguessable id and starts the lease."""
+        received = time.monotonic()
+        value = await self.write(CreateSession(now_ms=0, session=secrets.token_hex(16),
+                                               lease_ms=self.clamp_lease(lease_ms)))
+        session = str(value["session"])
+        memory = self._sessions.get(session)
+        granted = int(value.get("lease_ms", self.clamp_lease(lease_ms)))
+        deadline = memory.deadline if memory is not None else received + granted / 1000.0
+        return {"session": session, "lease_ms": granted,
+                "valid_ms": max(0, int((deadline - received) * 1000)),
+                "grace_ms": self.grace_ms}
+
+    def _session_memory(self, session: str) -> _SessionMemory:
+        memory = self._sessions.get(session)
+        if memory is not None:
+            return memory
+        try:
+            self.state.session_info(session)
+        except CellError as exc:
+            raise CallFailed(exc.failure) from exc
+        raise Unavailable("session not known to this leader yet")
+
+    async def keepalive(self, session: str, wait_ms: int | None, ack: int | None) -> JsonDict:
+        """KeepAlive long poll: renews the lease (only under the leader lease) and
+        answers early when events are pending or the lease needs renewing."""
+        if not self.serving:
+            raise Unavailable("not serving", self._driver.leader_id)
+        received = time.monotonic()
+        memory = self._session_memory(session)
+        self.counters["keepalives"] += 1
+        if ack is not None:
+            memory.events = [e for e in memory.events if int(e["seq"]) > ack]
+        if not self._driver.holds_lease():
+            raise Unavailable("leader lease not held; cannot renew")
+        lease_s = memory.lease_ms / 1000.0
+        memory.deadline = max(memory.deadline, received + lease_s)
+        hold = min(max(wait_ms or 0, 0) / 1000.0, lease_s * 0.75)
+        if hold > 0 and not memory.events:
+            memory.wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(memory.wake.wait(), hold)
+            if self._sessions.get(session) is not memory:
+                # the session ended or leadership moved while we held the call
+                self._session_memory(session)
+                raise Unavailable("leadership moved during keepalive")
+        now = time.monotonic()
+        if self._driver.holds_lease():
+            memory.deadline = max(memory.deadline, now + lease_s)
+        return {"lease_ms": memory.lease_ms,
+                "valid_ms": max(0, int((memory.deadline - received) * 1000)),
+                "events": list(memory.events)}
+
+    async def close_session(self, session: str, request_id: str | None) -> None:
+        """CloseSession: releases locks (no lock-delay), closes handles."""
+        await self.write(CloseSession(now_ms=0, session=session, request_id=request_id))
+
+    async def _expire_forever(self) -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.05)
+            now = time.monotonic()
+            stalled = now - last > 1.0
+            last = now
+            if not self.serving:
+                continue
+            if stalled:
+                # This process did not run: clients could not renew. Do not punish them.
+                for memory in self._sessions.values():
+                    memory.deadline = max(memory.deadline, now + memory.lease_ms / 1000.0)
+                continue
+            expired = [s for s, m in self._sessions.items() if m.deadline < now]
+            for session in expired:
+                self._sessions[session].deadline = now + 1.0  # retry later if the proposal fails
+                asyncio.get_running_loop().create_task(self._expire(session))
+
+    async def _expire(self, session: str) -> None:
+        try:
+            result = await self._propose(ExpireSession(now_ms=0, session=session))
+        except Unavailable:
+            return
+        if result.ok:
+            self.counters["sessions_expired"] += 1
+            log.info("session %s expired", session[:8])
+
+    # ------------------------------------------------------------------ locks
+
+    async def acquire(self, session: str, handle: str, mode: LockMode, wait_ms: int,
+                      request_id: str | None) -> JsonDict:
+        """Acquire/TryAcquire: grant now, or queue at the leader for up to ``wait_ms``."""
+        deadline = time.monotonic() + wait_ms / 1000.0
+        result = await self._propose(Acquire(now_ms=0, session=session, handle=handle,
+                                             mode=mode, request_id=request_id))
+        if result.error is None:
+            assert result.value is not None
+            return result.value
+        failure = result.error
+        if wait_ms <= 0 or failure.code not in (ErrorCode.LOCK_BUSY, ErrorCode.LOCK_DELAY):
+            raise CallFailed(failure)
+        if failure.code is ErrorCode.LOCK_DELAY:
+            self.counters["lock_delay_blocks"] += 1
+            until = failure.lock_delay_until_ms or 0
+            if until > time.time() * 1000 + wait_ms:
+                raise CallFailed(failure)
+        info = self.state.describe_handle(handle)
+        if info is None or info.session != session:
+            raise CallFailed(failure)
+        path = info.path
+        waiter = _Waiter(session, handle, mode, asyncio.get_running_loop().create_future())
+        queue = self._queues.setdefault(path, _LockQueue())
+        queue.waiters.append(waiter)
+        self._schedule_grants(path)
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                return await asyncio.wait_for(asyncio.shield(waiter.future), max(remaining, 0))
+            except TimeoutError:
+                if waiter.granting and not waiter.future.done():
+                    continue  # a grant is in the log: its outcome decides
+                if waiter.future.done():
+                    return waiter.future.result()
+                with contextlib.suppress(ValueError):
+                    queue.waiters.remove(waiter)
+                raise CallFailed(Failure(ErrorCode.LOCK_BUSY,
+                                         f"lock still held after {wait_ms} ms")) from None
+
+    def _next_grants(self, path: str) -> list[_Waiter]:
+        """The queue heads that may take the lock if it becomes (or is) free."""
+        queue = self._queues.get(path)
+        if queue is None or not queue.waiters:
+            return []
+        head = queue.waiters[0]
+        if head.mode is LockMode.EXCLUSIVE:
+            return [head]
+        run: list[_Waiter] = []
+        for waiter in queue.waiters:
+            if waiter.mode is not LockMode.SHARED:
+                break
+            run.append(waiter)
+        return run
+
+    def _schedule_grants(self, path: str) -> None:
+        """If the lock at ``path`` can go to its queue heads now, propose the grant."""
+        queue = self._queues.get(path)
+        if queue is None or not self.serving:
+            return
+        queue.waiters = deque(w for w in queue.waiters if not w.future.done())
+        if not queue.waiters:
+            if queue.delay_timer is None and not queue.grant_in_flight:
+                self._queues.pop(path, None)
+            return
+        if queue.grant_in_flight:
+            return
+        lock = self.state.lock_info(path)
+        if lock is None:
+            return
+        now_ms = time.time() * 1000
+        if lock.lock_delay_until_ms > now_ms:
+            if queue.delay_timer is None:
+                delay = (lock.lock_delay_until_ms - now_ms) / 1000.0 + 0.001
+                queue.delay_timer = asyncio.get_running_loop().call_later(
+                    delay, self._delay_ended, path)
+            return
+        heads = self._next_grants(path)
+        if lock.mode is LockMode.EXCLUSIVE or (
+            lock.mode is LockMode.SHARED and heads[0].mode is LockMode.EXCLUSIVE
+        ):
+            return  # a release will call us again
+        self._propose_grants(path, queue, heads)
+
+    def _delay_ended(self, path: str) -> None:
+        queue = self._queues.get(path)
+        if queue is not None:
+            queue.delay_timer = None
+        self._schedule_grants(path)
+
+    def _propose_grants(self, path: str, queue: _LockQueue, heads: list[_Waiter]) -> None:
+        queue.grant_in_flight = True
+        for waiter in heads:
+            waiter.granting = True
+        grants = tuple(Grant(session=w.session, handle=w.handle, mode=w.mode) for w in heads)
+
+        async def run() -> None:
+            try:
+                await self._propose(GrantLocks(now_ms=0, grants=grants))
+            except Unavailable:
+                pass
+            finally:
+                queue.grant_in_flight = False
+                for waiter in heads:
+                    waiter.granting = False
+                self._schedule_grants(path)
+
+        asyncio.get_running_loop().create_task(run())
+
+    def grants_for_release(self, handle: str) -> tuple[Grant, ...]:
+        """Grants to ride on a Release/Close of ``handle``: its queue's heads (one entry)."""
+        info = self.state.describe_handle(handle)
+        if info is None or info.lock_mode is None:
+            return ()
+        queue = self._queues.get(info.path)
+        if queue is None or queue.grant_in_flight:
+            return ()
+        lock = self.state.lock_info(info.path)
+        if lock is None or len(lock.holders) > 1 or lock.lock_delay_until_ms > time.time() * 1000:
+            return ()
+        heads = self._next_grants(info.path)
+        return tuple(Grant(session=w.session, handle=w.handle, mode=w.mode) for w in heads)
+
+    async def release(self, session: str, handle: str, generation: int | None,
+                      request_id: str | None) -> None:
+        """Release: the release and the grant to the next waiter(s) are one log entry."""
+        grants = self.grants_for_release(handle)
+        await self.write(Release(now_ms=0, session=session, handle=handle,
+                                 generation=generation, request_id=request_id,
+                                 grant_next=grants))
+
+    async def close(self, session: str, handle: str, request_id: str | None) -> None:
+        """Close: releases the handle's lock (granting to waiters in the same entry)."""
+        grants = self.grants_for_release(handle)
+        await self.write(Close(now_ms=0, session=session, handle=handle,
+                               request_id=request_id, grant_next=grants))
+
+    def _find_waiter(self, session: str, handle: str) -> _Waiter | None:
+        for queue in self._queues.values():
+            for waiter in queue.waiters:
+                if waiter.session == session and waiter.handle == handle:
+                    return waiter
+        return None
+
+    def _granted(self, effect: LockGranted) -> None:
+        waiter = self._find_waiter(effect.session, effect.handle)
+        if waiter is None or waiter.future.done():
+            return
+        sequencer = SequencerRef(effect.path, effect.mode, effect.lock_generation,
+                                 effect.instance).encode()
+        waiter.future.set_result({"sequencer": sequencer,
+                                  "lock_generation": effect.lock_generation})
+        queue = self._queues.get(effect.path)
+        if queue is not None:
+            with contextlib.suppress(ValueError):
+                queue.waiters.remove(waiter)
+
+    def _grant_skipped(self, effect: GrantSkipped) -> None:
+        waiter = self._find_waiter(effect.session, effect.handle)
+        if waiter is None:
+            return
+        if effect.failure.code in (ErrorCode.LOCK_BUSY, ErrorCode.LOCK_DELAY):
+            return  # still queued; a later release grants it
+        if not waiter.future.done():
+            waiter.future.set_exception(CallFailed(effect.failure))
+
+    # ------------------------------------------------------------------ views
+
+    def waiters_on(self, path: str) -> int:
+        """How many blocking Acquires wait on ``path`` (leader memory)."""
+        queue = self._queues.get(path)
+        return len(queue.waiters) if queue is not None else 0
+
+    def total_waiters(self) -> int:
+        """All queued Acquires."""
+        return sum(len(q.waiters) for q in self._queues.values())
+
+    def session_count(self) -> int:
+        """Sessions with a lease at this leader."""
+        return len(self._sessions)

@@ -1,0 +1,471 @@
+"""The one driver loop where the Raft core meets storage, transport and the state machine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from lockcell.raft.core import (
+    ConfChangeInProgressError,
+    NotLeaderError,
+    ProposalDroppedError,
+    Raft,
+    RaftConfig,
+    RaftError,
+    RaftStatus,
+)
+from lockcell.raft.types import (
+    ConfChange,
+    Entry,
+    EntryKind,
+    Message,
+    NodeId,
+    Ready,
+    Role,
+)
+from lockcell.storage.store import RaftStorage
+
+log = logging.getLogger("lockcell.node")
+
+
+class Unavailable(Exception):
+    """The cell cannot serve this call right now (no leader, lost leadership, timeout)."""
+
+    def __init__(self, message: str, leader: NodeId | None = None) -> None:
+        super().__init__(message)
+        self.leader = leader
+
+
+class Application(Protocol):
+    """What the driver applies committed entries to."""
+
+    def apply_entry(self, index: int, data: bytes) -> object:
+        """Apply one committed application entry; returns the result for its proposer."""
+
+    def apply_conf_change(self, index: int, change: ConfChange) -> None:
+        """Observe a committed membership change (e.g. to learn member addresses)."""
+
+    def snapshot(self) -> bytes:
+        """A deterministic image of everything applied so far."""
+
+    def restore(self, data: bytes) -> None:
+        """Replace the state by a snapshot image."""
+
+    def on_role_change(self, role: Role, leader: NodeId | None, term: int) -> None:
+        """Leadership changed (called from the driver loop)."""
+
+    def on_applied(self, index: int) -> None:
+        """A batch up to ``index`` was applied (leader-side follow-ups may be proposed)."""
+
+
+class Transport(Protocol):
+    """How the driver reaches its peers."""
+
+    def send(self, messages: tuple[Message, ...]) -> None:
+        """Queue messages; never blocks."""
+
+
+@dataclass(frozen=True, slots=True)
+class DriverConfig:
+    """Timing and batching of the driver loop."""
+
+    tick_ms: int = 100
+    election_ticks: int = 10
+    heartbeat_ticks: int = 1
+    max_inflight: int = 64
+    snapshot_every: int = 20_000
+    snapshot_retain: int = 2_000
+    clock_drift: float = 0.01
+    lease_margin_ms: float = 50.0
+
+
+@dataclass
+class _Proposal:
+    make: Callable[[int], bytes]
+    future: asyncio.Future[object]
+
+
+@dataclass
+class _ReadBatch:
+    futures: list[asyncio.Future[None]] = field(default_factory=list)
+    index: int | None = None
+
+
+class RaftDriver:
+    """Owns a :class:`Raft` core and runs persist → send → apply → advance.
+
+    Everything that touches the core happens on this loop's task: callers queue
+    proposals, reads and messages, and the loop drains them between Ready batches, so
+    proposals that arrive during an fsync are committed together (group commit).
+    """
+
+    def __init__(
+        self,
+        node_id: NodeId,
+        storage: RaftStorage,
+        app: Application,
+        config: DriverConfig,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.id = node_id
+        self.config = config
+        self.storage = storage
+        self.app = app
+        self.transport: Transport | None = None
+        restored = storage.load()
+        self.core = Raft(
+            RaftConfig(
+                id=node_id,
+                election_ticks=config.election_ticks,
+                heartbeat_ticks=config.heartbeat_ticks,
+                max_inflight=config.max_inflight,
+                snapshot_retain_entries=config.snapshot_retain,
+            ),
+            rng or random.Random(),
+            restored.hard_state,
+            restored.snapshot,
+            restored.entries,
+        )
+        if not restored.snapshot.empty:
+            app.restore(restored.snapshot.data)
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"wal-{node_id}")
+        self._inbox: list[Message] = []
+        self._proposals: list[_Proposal] = []
+        self._waiting: dict[int, tuple[int, asyncio.Future[object]]] = {}
+        self._reads: list[asyncio.Future[None]] = []
+        self._read_batches: dict[bytes, _ReadBatch] = {}
+        self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._actions: list[Callable[[], None]] = []
+        self._pending_ticks = 0
+        self._wake = asyncio.Event()
+        self._read_ids = itertools.count(1)
+        self._tick_times: dict[int, float] = {0: time.monotonic()}
+        self._task: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._stopped = False
+        self.last_stamp_ms = 0
+        self.leader_since: float | None = None
+        self.metrics_hook: Callable[[str, float], None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, transport: Transport) -> None:
+        """Start the loop and the ticker on the running event loop."""
+        self.transport = transport
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name=f"raft-driver-{self.id}")
+        self._ticker = loop.create_task(self._tick_forever(), name=f"raft-ticker-{self.id}")
+
+    async def stop(self) -> None:
+        """Stop the loop; pending calls fail with :class:`Unavailable`."""
+        self._stopped = True
+        for task in (self._ticker, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._fail_all(Unavailable("member shutting down"))
+        self._io.shutdown(wait=True)
+        self.storage.close()
+
+    # ------------------------------------------------------------------ inputs
+
+    def receive(self, messages: list[Message]) -> None:
+        """Queue inbound Raft messages from the transport."""
+        self._inbox.extend(messages)
+        self._wake.set()
+
+    def propose(self, make: Callable[[int], bytes]) -> asyncio.Future[object]:
+        """Propose an entry built by ``make(stamp_ms)``; resolves with its apply result.
+
+        The stamp is the leader's clock, never lower than any earlier stamp, taken when
+        the entry enters the log (time enters the state machine only this way).
+        """
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._proposals.append(_Proposal(make, future))
+        self._wake.set()
+        return future
+
+    def linearizable_read(self) -> asyncio.Future[None]:
+        """Resolves once the applied state reflects every write committed before the call."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._reads.append(future)
+        self._wake.set()
+        return future
+
+    def wait_applied(self, index: int) -> asyncio.Future[None]:
+        """Resolves once entries up to ``index`` are applied here."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.core.log.applied >= index:
+            future.set_result(None)
+        else:
+            self._applied_waiters.append((index, future))
+        return future
+
+    def call(self, action: Callable[[], None]) -> None:
+        """Run ``action`` on the loop with the core (conf changes, transfers, reports)."""
+        self._actions.append(action)
+        self._wake.set()
+
+    def propose_conf_change(self, change: ConfChange) -> asyncio.Future[int]:
+        """Propose a membership change; resolves with its log index once applied."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def act() -> None:
+            try:
+                index = self.core.propose_conf_change(change)
+            except (RaftError, ValueError) as exc:
+                future.set_exception(exc)
+                return
+            applied = self.wait_applied(index)
+            term = self.core.term
+
+            def done(_: asyncio.Future[None]) -> None:
+                if future.done():
+                    return
+                if applied.exception() is not None:
+                    future.set_exception(Unavailable(str(applied.exception())))
+                elif self.core.log.term(index) not in (term, None):
+                    future.set_exception(Unavailable("membership change lost to a new leader"))
+                else:
+                    future.set_result(index)
+
+            applied.add_done_callback(done)
+
+        self.call(act)
+        return future
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this member leads."""
+        return self.core.role is Role.LEADER
+
+    @property
+    def leader_id(self) -> NodeId | None:
+        """Who this member believes leads."""
+        return self.core.leader
+
+    def status(self) -> RaftStatus:
+        """The core's status."""
+        return self.core.status()
+
+    def lease_deadline(self) -> float | None:
+        """Monotonic time until which this leader's lease holds (None: no lease)."""
+        anchor = self.core.lease_anchor_tick()
+        if anchor is None:
+            return None
+        sent_at = self._tick_times.get(anchor)
+        if sent_at is None:
+            return None
+        span = self.config.election_ticks * self.config.tick_ms / 1000.0
+        return sent_at + span * (1.0 - self.config.clock_drift) - (
+            self.config.lease_margin_ms / 1000.0
+        )
+
+    def holds_lease(self) -> bool:
+        """Whether the leader lease is valid now."""
+        deadline = self.lease_deadline()
+        return deadline is not None and time.monotonic() < deadline
+
+    # ------------------------------------------------------------------ the loop
+
+    async def _tick_forever(self) -> None:
+        interval = self.config.tick_ms / 1000.0
+        next_at = time.monotonic() + interval
+        while True:
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            next_at += interval
+            now = time.monotonic()
+            if now - next_at > 5 * interval:
+                next_at = now + interval  # we were stalled: do not burst ticks
+            self._pending_ticks += 1
+            self._wake.set()
+
+    async def _run(self) -> None:
+        while not self._stopped:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                self._drain()
+                while self.core.has_ready():
+                    rd = self.core.ready()
+                    await self._handle_ready(rd)
+                    self.core.advance()
+                    self._after_advance(rd)
+                    self._drain()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("driver loop failed; this member stops serving")
+                self._fail_all(Unavailable("member failed"))
+                raise
+
+    def _drain(self) -> None:
+        core = self.core
+        while self._pending_ticks:
+            self._pending_ticks -= 1
+            core.tick()
+            self._tick_times[core.ticks] = time.monotonic()
+            stale = core.ticks - 4 * self.config.election_ticks
+            self._tick_times.pop(stale, None)
+        if self._inbox:
+            inbox, self._inbox = self._inbox, []
+            for m in inbox:
+                core.step(m)
+        if self._actions:
+            actions, self._actions = self._actions, []
+            for action in actions:
+                action()
+        if self._proposals:
+            proposals, self._proposals = self._proposals, []
+            for p in proposals:
+                if p.future.done():
+                    continue
+                try:
+                    stamp = max(self.last_stamp_ms, int(time.time() * 1000))
+                    index = core.propose(p.make(stamp))
+                    self.last_stamp_ms = stamp
+                except NotLeaderError as exc:
+                    p.future.set_exception(Unavailable("not the leader", exc.leader))
+                    continue
+                except (ProposalDroppedError, ConfChangeInProgressError) as exc:
+                    p.future.set_exception(Unavailable(str(exc), core.leader))
+                    continue
+                self._waiting[index] = (core.term, p.future)
+        if self._reads:
+            reads, self._reads = self._reads, []
+            context = next(self._read_ids).to_bytes(8, "big")
+            try:
+                core.read_index(context)
+            except NotLeaderError as exc:
+                for f in reads:
+                    if not f.done():
+                        f.set_exception(Unavailable("no leader", exc.leader))
+                return
+            self._read_batches[context] = _ReadBatch(reads)
+
+    async def _handle_ready(self, rd: Ready) -> None:
+        if rd.soft_state is not None:
+            self._on_soft_state(rd.soft_state.role, rd.soft_state.leader)
+        transport = self.transport
+        leading = self.core.role is Role.LEADER
+        if leading and transport is not None:
+            transport.send(rd.messages)  # thesis §10.2.1: replicate while our own fsync runs
+        if rd.must_sync:
+            started = time.perf_counter()
+            await asyncio.get_running_loop().run_in_executor(
+                self._io, self.storage.save, rd.hard_state, rd.entries, rd.snapshot
+            )
+            if self.metrics_hook is not None:
+                self.metrics_hook("fsync_seconds", time.perf_counter() - started)
+                self.metrics_hook("append_batch", float(len(rd.entries)))
+        if not leading and transport is not None:
+            transport.send(rd.messages)
+        if rd.snapshot is not None:
+            self.app.restore(rd.snapshot.data)
+        for entry in rd.committed_entries:
+            self._apply(entry)
+        for state in rd.read_states:
+            batch = self._read_batches.get(state.context)
+            if batch is not None:
+                batch.index = state.index
+
+    def _apply(self, entry: Entry) -> None:
+        result: object = None
+        failure: BaseException | None = None
+        if entry.kind is EntryKind.CONF_CHANGE:
+            with contextlib.suppress(ValueError):
+                self.app.apply_conf_change(entry.index, ConfChange.decode(entry.data))
+        elif entry.data:
+            try:
+                result = self.app.apply_entry(entry.index, entry.data)
+            except Exception as exc:  # the state machine must not stop the replica
+                log.exception("apply of entry %d failed", entry.index)
+                failure = exc
+        waiting = self._waiting.pop(entry.index, None)
+        if waiting is not None:
+            term, future = waiting
+            if future.done():
+                return
+            if term != entry.term:
+                future.set_exception(Unavailable("entry replaced by a new leader"))
+            elif failure is not None:
+                future.set_exception(failure)
+            else:
+                future.set_result(result)
+
+    def _after_advance(self, rd: Ready) -> None:
+        applied = self.core.log.applied
+        if rd.committed_entries or rd.snapshot is not None:
+            if self._applied_waiters:
+                still: list[tuple[int, asyncio.Future[None]]] = []
+                for index, future in self._applied_waiters:
+                    if index <= applied:
+                        if not future.done():
+                            future.set_result(None)
+                    else:
+                        still.append((index, future))
+                self._applied_waiters = still
+            self.app.on_applied(applied)
+        for context, batch in list(self._read_batches.items()):
+            if batch.index is not None and batch.index <= applied:
+                del self._read_batches[context]
+                for f in batch.futures:
+                    if not f.done():
+                        f.set_result(None)
+        if applied - self.core.log.snapshot.meta.index >= self.config.snapshot_every:
+            self._take_snapshot()
+
+    def _take_snapshot(self) -> None:
+        started = time.perf_counter()
+        snap = self.core.create_snapshot(self.app.snapshot())
+        self.storage.save_snapshot(snap)
+        if self.metrics_hook is not None:
+            self.metrics_hook("snapshot_seconds", time.perf_counter() - started)
+
+    def _on_soft_state(self, role: Role, leader: NodeId | None) -> None:
+        if role is not Role.LEADER:
+            self.leader_since = None
+            lost = Unavailable("leadership lost", leader)
+            for _, future in self._waiting.values():
+                if not future.done():
+                    future.set_exception(lost)
+            self._waiting.clear()
+        elif self.leader_since is None:
+            self.leader_since = time.monotonic()
+        for batch in self._read_batches.values():
+            for f in batch.futures:
+                if not f.done():
+                    f.set_exception(Unavailable("leadership changed during read", leader))
+        self._read_batches.clear()
+        self.app.on_role_change(role, leader, self.core.term)
+
+    def _fail_all(self, exc: Unavailable) -> None:
+        for _, future in self._waiting.values():
+            if not future.done():
+                future.set_exception(exc)
+        self._waiting.clear()
+        for p in self._proposals:
+            if not p.future.done():
+                p.future.set_exception(exc)
+        self._proposals.clear()
+        for f in self._reads:
+            if not f.done():
+                f.set_exception(exc)
+        self._reads.clear()
+        for batch in self._read_batches.values():
+            for f in batch.futures:
+                if not f.done():
+                    f.set_exception(exc)
+        self._read_batches.clear()
+

@@ -1,0 +1,397 @@
+"""Peer transport: persistent, authenticated, batched TCP links for Raft and forwarded calls."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from lockcell.raft.types import Message, MessageType, NodeId
+from lockcell.transport.codec import DecodeError, decode_messages, encode_messages
+
+log = logging.getLogger("lockcell.transport")
+
+FRAME_HELLO = 1
+FRAME_HELLO_OK = 2
+FRAME_RAFT = 3
+FRAME_FORWARD = 4
+FRAME_FORWARD_REPLY = 5
+FRAME_REFUSED = 6
+
+MAX_FRAME = 64 << 20
+_FRAME = struct.Struct("<IB")
+_ID = struct.Struct("<Q")
+PROTOCOL = "lockcell-peer/1"
+
+
+class PeerUnavailableError(ConnectionError):
+    """A peer could not be reached (or dropped the link) before answering."""
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardedRequest:
+    """A client call a follower hands to the leader over the peer link."""
+
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardedReply:
+    """The leader's answer to a :class:`ForwardedRequest`."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def _encode_request(req: ForwardedRequest) -> bytes:
+    head = json.dumps({"m": req.method, "p": req.path, "q": req.query, "h": req.headers})
+    raw = head.encode()
+    return struct.pack("<I", len(raw)) + raw + req.body
+
+
+def _decode_request(payload: bytes) -> ForwardedRequest:
+    (n,) = struct.unpack_from("<I", payload, 0)
+    head = json.loads(payload[4 : 4 + n])
+    return ForwardedRequest(str(head["m"]), str(head["p"]), str(head["q"]),
+                            {str(k): str(v) for k, v in head["h"].items()},
+                            payload[4 + n :])
+
+
+def _encode_reply(reply: ForwardedReply) -> bytes:
+    raw = json.dumps({"s": reply.status, "h": reply.headers}).encode()
+    return struct.pack("<I", len(raw)) + raw + reply.body
+
+
+def _decode_reply(payload: bytes) -> ForwardedReply:
+    (n,) = struct.unpack_from("<I", payload, 0)
+    head = json.loads(payload[4 : 4 + n])
+    return ForwardedReply(int(head["s"]), {str(k): str(v) for k, v in head["h"].items()},
+                          payload[4 + n :])
+
+
+def frame(kind: int, payload: bytes) -> bytes:
+    """One length-prefixed frame."""
+    return _FRAME.pack(len(payload), kind) + payload
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """Read one frame; raises ``DecodeError`` on an oversized frame."""
+    head = await reader.readexactly(_FRAME.size)
+    size, kind = _FRAME.unpack(head)
+    if size > MAX_FRAME:
+        raise DecodeError(f"frame of {size} bytes exceeds {MAX_FRAME}")
+    return kind, await reader.readexactly(size)
+
+
+RaftSink = Callable[[list[Message]], None]
+ForwardHandler = Callable[[ForwardedRequest], Awaitable[ForwardedReply]]
+ReportFn = Callable[[NodeId, bool], None]
+
+
+@dataclass
+class _Link:
+    """The outbound connection to one peer."""
+
+    peer: NodeId
+    address: str
+    queue: list[Message] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    writer: asyncio.StreamWriter | None = None
+    pending: dict[int, asyncio.Future[ForwardedReply]] = field(default_factory=dict)
+    forwards: list[bytes] = field(default_factory=list)
+
+
+class PeerTransport:
+    """Carries Raft messages and forwarded client calls between the members of a cell.
+
+    One persistent outbound connection per peer; everything queued while a write is in
+    progress goes out in the next frame (batching). Inbound connections must open with a
+    HELLO naming the cell and proving the cell's peer secret, or they are refused.
+    """
+
+    def __init__(
+        self,
+        self_id: NodeId,
+        cell: str,
+        secret: str,
+        on_raft: RaftSink,
+        on_forward: ForwardHandler,
+        report_unreachable: Callable[[NodeId], None],
+        report_snapshot: ReportFn,
+    ) -> None:
+        self.self_id = self_id
+        self.cell = cell
+        self._secret = secret
+        self._on_raft = on_raft
+        self._on_forward = on_forward
+        self._report_unreachable = report_unreachable
+        self._report_snapshot = report_snapshot
+        self._links: dict[NodeId, _Link] = {}
+        self._server: asyncio.base_events.Server | None = None
+        self._inbound: set[asyncio.Task[None]] = set()
+        self._next_id = 0
+        self._closed = False
+        self.refused_connections = 0
+        self.advertised_address = ""
+        self._known: dict[NodeId, str] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def listen(self, host: str, port: int) -> int:
+        """Start accepting peers; returns the bound port."""
+        self._server = await asyncio.start_server(self._serve_inbound, host, port,
+                                                  limit=MAX_FRAME)
+        sock = self._server.sockets[0]
+        return int(sock.getsockname()[1])
+
+    async def close(self) -> None:
+        """Stop listening and drop every link."""
+        self._closed = True
+        if self._server is not None:
+            self._server.close()
+        for link in self._links.values():
+            if link.task is not None:
+                link.task.cancel()
+            self._fail_pending(link)
+            if link.writer is not None:
+                link.writer.close()
+        for task in list(self._inbound):
+            task.cancel()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+
+    def set_peers(self, addresses: dict[NodeId, str]) -> None:
+        """Know ``addresses`` (id → host:port); links to peers no longer listed are closed."""
+        self._known = dict(addresses)
+        for peer in list(self._links):
+            if peer not in addresses or self._links[peer].address != addresses[peer]:
+                link = self._links.pop(peer)
+                if link.task is not None:
+                    link.task.cancel()
+                self._fail_pending(link)
+                if link.writer is not None:
+                    link.writer.close()
+        for peer, address in addresses.items():
+            if peer != self.self_id and peer not in self._links:
+                self._links[peer] = _Link(peer, address)
+
+    # ------------------------------------------------------------------ sending
+
+    def send(self, messages: list[Message] | tuple[Message, ...]) -> None:
+        """Queue messages for their peers; never blocks."""
+        for m in messages:
+            link = self._links.get(m.to)
+            if link is None:
+                if m.type is MessageType.SNAPSHOT:
+                    self._report_snapshot(m.to, False)
+                continue
+            link.queue.append(m)
+            self._kick(link)
+
+    async def forward(self, peer: NodeId, request: ForwardedRequest,
+                      timeout: float) -> ForwardedReply:
+        """Send a client call to ``peer`` and wait for its answer."""
+        link = self._links.get(peer)
+        if link is None:
+            raise PeerUnavailableError(f"no address for member {peer}")
+        self._next_id += 1
+        request_id = self._next_id
+        future: asyncio.Future[ForwardedReply] = asyncio.get_running_loop().create_future()
+        link.pending[request_id] = future
+        link.forwards.append(_ID.pack(request_id) + _encode_request(request))
+        self._kick(link)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            link.pending.pop(request_id, None)
+
+    def _kick(self, link: _Link) -> None:
+        link.wake.set()
+        if link.task is None or link.task.done():
+            link.task = asyncio.get_running_loop().create_task(self._run_link(link))
+
+    async def _run_link(self, link: _Link) -> None:
+        backoff = 0.05
+        while not self._closed:
+            try:
+                reader, writer = await asyncio.wait_for(self._connect(link.address), 2.0)
+            except (TimeoutError, OSError, PeerUnavailableError, DecodeError) as exc:
+                log.debug("cannot reach %s at %s: %s", link.peer, link.address, exc)
+                self._drop_queue(link)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                if not link.queue and not link.forwards:
+                    await link.wake.wait()
+                continue
+            backoff = 0.05
+            link.writer = writer
+            replies = asyncio.get_running_loop().create_task(self._read_replies(link, reader))
+            try:
+                await self._write_loop(link, writer, replies)
+            except (OSError, ConnectionError) as exc:
+                log.debug("link to %s broke: %s", link.peer, exc)
+            finally:
+                replies.cancel()
+                writer.close()
+                link.writer = None
+                self._fail_pending(link)
+                self._drop_queue(link)
+
+    async def _connect(
+        self, address: str
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        host, _, port = address.rpartition(":")
+        reader, writer = await asyncio.open_connection(host.strip("[]"), int(port),
+                                                       limit=MAX_FRAME)
+        hello = json.dumps({"protocol": PROTOCOL, "cell": self.cell, "from": self.self_id,
+                            "address": self.advertised_address,
+                            "secret": self._secret}).encode()
+        writer.write(frame(FRAME_HELLO, hello))
+        await writer.drain()
+        kind, payload = await read_frame(reader)
+        if kind != FRAME_HELLO_OK:
+            writer.close()
+            raise PeerUnavailableError(f"peer refused the link: {payload.decode(errors='replace')}")
+        return reader, writer
+
+    async def _write_loop(self, link: _Link, writer: asyncio.StreamWriter,
+                          replies: asyncio.Task[None]) -> None:
+        while not self._closed:
+            if not link.queue and not link.forwards:
+                link.wake.clear()
+                waiter = asyncio.ensure_future(link.wake.wait())
+                done, _ = await asyncio.wait({waiter, replies},
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if replies in done:
+                    waiter.cancel()
+                    raise ConnectionError("peer closed the link")
+                continue
+            batch, link.queue = link.queue, []
+            forwards, link.forwards = link.forwards, []
+            chunks: list[bytes] = []
+            if batch:
+                chunks.append(frame(FRAME_RAFT, encode_messages(batch)))
+            chunks.extend(frame(FRAME_FORWARD, f) for f in forwards)
+            writer.writelines(chunks)
+            await writer.drain()
+            for m in batch:
+                if m.type is MessageType.SNAPSHOT:
+                    self._report_snapshot(m.to, True)
+
+    async def _read_replies(self, link: _Link, reader: asyncio.StreamReader) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, OSError, DecodeError):
+            while True:
+                kind, payload = await read_frame(reader)
+                if kind != FRAME_FORWARD_REPLY or len(payload) < _ID.size:
+                    continue
+                (request_id,) = _ID.unpack_from(payload, 0)
+                future = link.pending.pop(request_id, None)
+                if future is not None and not future.done():
+                    try:
+                        future.set_result(_decode_reply(payload[_ID.size :]))
+                    except (ValueError, KeyError, struct.error) as exc:
+                        future.set_exception(PeerUnavailableError(f"bad reply: {exc}"))
+
+    def _drop_queue(self, link: _Link) -> None:
+        dropped, link.queue = link.queue, []
+        if dropped:
+            self._report_unreachable(link.peer)
+        for m in dropped:
+            if m.type is MessageType.SNAPSHOT:
+                self._report_snapshot(m.to, False)
+
+    def _fail_pending(self, link: _Link) -> None:
+        link.forwards.clear()
+        for future in link.pending.values():
+            if not future.done():
+                future.set_exception(PeerUnavailableError(f"link to {link.peer} lost"))
+        link.pending.clear()
+
+    # ------------------------------------------------------------------ receiving
+
+    async def _serve_inbound(self, reader: asyncio.StreamReader,
+                             writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._inbound.add(task)
+        try:
+            if not await self._accept_hello(reader, writer):
+                return
+            lock = asyncio.Lock()
+            while True:
+                kind, payload = await read_frame(reader)
+                if kind == FRAME_RAFT:
+                    self._on_raft(decode_messages(payload))
+                elif kind == FRAME_FORWARD:
+                    asyncio.get_running_loop().create_task(
+                        self._answer_forward(payload, writer, lock))
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass
+        except (DecodeError, ValueError) as exc:
+            log.warning("dropping peer connection after a malformed frame: %s", exc)
+        finally:
+            self._inbound.discard(task)
+            writer.close()
+
+    async def _accept_hello(self, reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter) -> bool:
+        try:
+            kind, payload = await asyncio.wait_for(read_frame(reader), 5.0)
+            hello = json.loads(payload) if kind == FRAME_HELLO else {}
+        except (TimeoutError, asyncio.IncompleteReadError, DecodeError, ValueError):
+            hello = {}
+        secret = hello.get("secret") if isinstance(hello, dict) else None
+        ok = (
+            isinstance(secret, str)
+            and hmac.compare_digest(secret.encode(), self._secret.encode())
+            and hello.get("cell") == self.cell
+            and hello.get("protocol") == PROTOCOL
+        )
+        if not ok:
+            self.refused_connections += 1
+            with contextlib.suppress(OSError):
+                writer.write(frame(FRAME_REFUSED, b"peer secret or cell name mismatch"))
+                await writer.drain()
+            return False
+        writer.write(frame(FRAME_HELLO_OK, b""))
+        await writer.drain()
+        sender, address = hello.get("from"), hello.get("address")
+        if isinstance(sender, str) and isinstance(address, str) and address:
+            self._learn(sender, address)
+        return True
+
+    def _learn(self, peer: NodeId, address: str) -> None:
+        """Remember how to answer a peer that dialled us before we knew its address
+        (a new member learns the leader's address this way before it has any log)."""
+        if peer != self.self_id and peer not in self._known and peer not in self._links:
+            self._links[peer] = _Link(peer, address)
+
+    async def _answer_forward(self, payload: bytes, writer: asyncio.StreamWriter,
+                              lock: asyncio.Lock) -> None:
+        if len(payload) < _ID.size:
+            return
+        (request_id,) = _ID.unpack_from(payload, 0)
+        try:
+            request = _decode_request(payload[_ID.size :])
+            reply = await self._on_forward(request)
+        except (ValueError, KeyError, struct.error) as exc:
+            reply = ForwardedReply(400, {"Content-Type": "application/json"},
+                                   json.dumps({"error": {"code": "invalid_argument",
+                                                         "message": str(exc)}}).encode())
+        async with lock:
+            with contextlib.suppress(OSError, ConnectionError):
+                body = _ID.pack(request_id) + _encode_reply(reply)
+                writer.write(frame(FRAME_FORWARD_REPLY, body))
+                await writer.drain()
