@@ -767,7 +767,8 @@ class Raft:
         if self.role is Role.LEADER or not self.promotable():
             return
         # A committed but unapplied membership change may remove us: wait for it.
-        for index in range(self.log.applying + 1, self.log.committed + 1):
+        first_unapplied = max(self.log.applying, self._conf_applied_index) + 1
+        for index in range(first_unapplied, self.log.committed + 1):
             if index > self.log.offset and self.log.entry(index).kind is EntryKind.CONF_CHANGE:
                 return
         if self.config.pre_vote and not transfer:

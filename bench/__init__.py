@@ -1,0 +1,1 @@
+"""lockcell benchmarks: `python -m bench` runs them and writes bench/results/latest.json."""

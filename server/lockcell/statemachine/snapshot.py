@@ -1,0 +1,189 @@
+"""Deterministic snapshot of :class:`~.state.CellData` to bytes, and its restoration.
+
+The image is JSON with sorted keys and no spaces. Nodes are listed by path; handles,
+sessions, remembered request ids, lock holders and tombstones in their insertion order,
+which is what every replica iterates in, so a restored cell behaves (and snapshots)
+exactly like the original. Derived indexes (children, per-node and per-session handles,
+lock counters) are rebuilt on restore.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from .paths import parent_and_name
+from .sequencer import SequencerRef, parse_sequencer
+from .state import CellConfig, CellData, Handle, Node, Session, Tombstone
+from .values import LockMode, NodeKind, SessionEndReason
+
+SNAPSHOT_FORMAT = 1
+
+
+def _node_image(node: Node) -> dict[str, Any]:
+    return {
+        "path": node.path,
+        "kind": node.kind.value,
+        "ephemeral": node.ephemeral,
+        "instance": node.instance,
+        "content_generation": node.content_generation,
+        "lock_generation": node.lock_generation,
+        "acl_generation": node.acl_generation,
+        "data": base64.b64encode(node.data).decode("ascii"),
+        "checksum": node.checksum,
+        "lock_mode": None if node.lock_mode is None else node.lock_mode.value,
+        "lock_delay_until_ms": node.lock_delay_until_ms,
+        "holders": list(node.holders),
+    }
+
+
+def _handle_image(handle: Handle) -> dict[str, Any]:
+    return {
+        "handle": handle.handle_id,
+        "session": handle.session_id,
+        "path": handle.path,
+        "instance": handle.instance,
+        "event_mask": handle.event_mask,
+        "lock_delay_ms": handle.lock_delay_ms,
+        "poisoned": handle.poisoned,
+        "lock_mode": None if handle.lock_mode is None else handle.lock_mode.value,
+        "lock_generation": handle.lock_generation,
+        "sequencer": None if handle.sequencer is None else handle.sequencer.encode(),
+    }
+
+
+def dump_cell(data: CellData) -> bytes:
+    """The snapshot image of ``data`` (identical state gives identical bytes)."""
+    config = data.config
+    image = {
+        "format": SNAPSHOT_FORMAT,
+        "config": {
+            "cell_name": config.cell_name,
+            "max_lock_delay_ms": config.max_lock_delay_ms,
+            "default_lease_ms": config.default_lease_ms,
+            "grace_ms": config.grace_ms,
+            "tombstone_ms": config.tombstone_ms,
+            "request_ids_per_session": config.request_ids_per_session,
+        },
+        "now_ms": data.now_ms,
+        "instance_counter": data.instance_counter,
+        "content_generation_high": data.content_generation_high,
+        "lock_generation_high": data.lock_generation_high,
+        "nodes": [_node_image(data.nodes[path]) for path in sorted(data.nodes)],
+        "handles": [_handle_image(handle) for handle in data.handles.values()],
+        "sessions": [
+            {
+                "session": session.session_id,
+                "lease_ms": session.lease_ms,
+                "created_ms": session.created_ms,
+                "requests": [[key, answer] for key, answer in session.requests.items()],
+            }
+            for session in data.sessions.values()
+        ],
+        "tombstones": [
+            [tomb.session_id, tomb.reason.value, tomb.ended_ms, tomb.purge_at_ms]
+            for tomb in data.tombstones.values()
+        ],
+    }
+    return json.dumps(image, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _optional_mode(value: Any) -> LockMode | None:
+    return None if value is None else LockMode(value)
+
+
+def _load_node(image: dict[str, Any]) -> Node:
+    path = image["path"]
+    parent, name = parent_and_name(path)
+    return Node(
+        path=path,
+        parent=parent,
+        name=name,
+        kind=NodeKind(image["kind"]),
+        ephemeral=bool(image["ephemeral"]),
+        instance=int(image["instance"]),
+        content_generation=int(image["content_generation"]),
+        lock_generation=int(image["lock_generation"]),
+        acl_generation=int(image["acl_generation"]),
+        data=base64.b64decode(image["data"], validate=True),
+        checksum=str(image["checksum"]),
+        lock_mode=_optional_mode(image["lock_mode"]),
+        lock_delay_until_ms=int(image["lock_delay_until_ms"]),
+        holders=dict.fromkeys(str(holder) for holder in image["holders"]),
+    )
+
+
+def _load_handle(image: dict[str, Any]) -> Handle:
+    sequencer: SequencerRef | None = None
+    if image["sequencer"] is not None:
+        sequencer = parse_sequencer(image["sequencer"])
+        if sequencer is None:
+            raise ValueError("snapshot holds a garbled sequencer")
+    return Handle(
+        handle_id=str(image["handle"]),
+        session_id=str(image["session"]),
+        path=str(image["path"]),
+        instance=int(image["instance"]),
+        event_mask=int(image["event_mask"]),
+        lock_delay_ms=int(image["lock_delay_ms"]),
+        poisoned=bool(image["poisoned"]),
+        lock_mode=_optional_mode(image["lock_mode"]),
+        lock_generation=int(image["lock_generation"]),
+        sequencer=sequencer,
+    )
+
+
+def _load(image: dict[str, Any]) -> CellData:
+    if image.get("format") != SNAPSHOT_FORMAT:
+        raise ValueError(f"unknown snapshot format {image.get('format')!r}")
+    data = CellData(
+        config=CellConfig(**image["config"]),
+        now_ms=int(image["now_ms"]),
+        instance_counter=int(image["instance_counter"]),
+        content_generation_high=int(image["content_generation_high"]),
+        lock_generation_high=int(image["lock_generation_high"]),
+    )
+    for node_image in image["nodes"]:
+        node = _load_node(node_image)
+        data.nodes[node.path] = node
+        if node.path != data.config.root:
+            data.nodes[node.parent].children[node.name] = None
+        if node.lock_mode is LockMode.EXCLUSIVE:
+            data.locks_exclusive += 1
+        elif node.lock_mode is LockMode.SHARED:
+            data.locks_shared += 1
+            data.shared_holders += len(node.holders)
+    if data.config.root not in data.nodes:
+        raise ValueError("snapshot has no root directory")
+    for session_image in image["sessions"]:
+        session = Session(
+            session_id=str(session_image["session"]),
+            lease_ms=int(session_image["lease_ms"]),
+            created_ms=int(session_image["created_ms"]),
+            requests={str(key): str(answer) for key, answer in session_image["requests"]},
+        )
+        data.sessions[session.session_id] = session
+    for handle_image in image["handles"]:
+        handle = _load_handle(handle_image)
+        data.handles[handle.handle_id] = handle
+        data.sessions[handle.session_id].handles[handle.handle_id] = handle
+        bound = data.nodes.get(handle.path)
+        if bound is not None and bound.instance == handle.instance:
+            bound.attach(handle)
+    for session_id, reason, ended_ms, purge_at_ms in image["tombstones"]:
+        data.tombstones[str(session_id)] = Tombstone(
+            str(session_id), SessionEndReason(reason), int(ended_ms), int(purge_at_ms)
+        )
+    return data
+
+
+def load_cell(snapshot: bytes) -> CellData:
+    """Rebuild the state :func:`dump_cell` wrote; raises ``ValueError`` if it is malformed."""
+    try:
+        image = json.loads(snapshot)
+        if type(image) is not dict:
+            raise ValueError("snapshot is not a JSON object")
+        return _load(image)
+    except (KeyError, TypeError, AttributeError, RecursionError) as exc:
+        raise ValueError(f"malformed snapshot: {exc!r}") from exc

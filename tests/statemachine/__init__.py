@@ -1,0 +1,1 @@
+"""Tests of the cell's replicated state machine."""
