@@ -27,6 +27,7 @@ from lockcell.statemachine.commands import (
     Grant,
     GrantLocks,
     Release,
+    Tick,
 )
 from lockcell.statemachine.errors import CellError, ErrorCode, Failure
 from lockcell.statemachine.results import (
@@ -46,6 +47,7 @@ from lockcell.statemachine.values import EventType, LockMode
 
 log = logging.getLogger("lockcell.cell")
 
+TOMBSTONE_TICK_SECONDS = 60.0
 MIN_LEASE_MS = 1000
 MAX_LEASE_MS = 60000
 
@@ -400,6 +402,7 @@ class CellService:
 
     async def _expire_forever(self) -> None:
         last = time.monotonic()
+        next_tick = last + TOMBSTONE_TICK_SECONDS
         while True:
             await asyncio.sleep(0.05)
             now = time.monotonic()
@@ -407,6 +410,12 @@ class CellService:
             last = now
             if not self.serving:
                 continue
+            if now >= next_tick:
+                next_tick = now + TOMBSTONE_TICK_SECONDS
+                if self.state.counts().tombstones:
+                    # Time enters the state machine only through the log: a Tick lets it
+                    # purge session tombstones older than ten minutes on a quiet cell.
+                    asyncio.get_running_loop().create_task(self._tick_state())
             if stalled:
                 # This process did not run: clients could not renew. Do not punish them.
                 for memory in self._sessions.values():
@@ -416,6 +425,10 @@ class CellService:
             for session in expired:
                 self._sessions[session].deadline = now + 1.0  # retry later if the proposal fails
                 asyncio.get_running_loop().create_task(self._expire(session))
+
+    async def _tick_state(self) -> None:
+        with contextlib.suppress(Unavailable):
+            await self._propose(Tick(now_ms=0))
 
     async def _expire(self, session: str) -> None:
         try:

@@ -26,6 +26,7 @@ from lockcell.raft.types import (
     ConfChange,
     Entry,
     EntryKind,
+    HardState,
     Message,
     NodeId,
     Ready,
@@ -151,6 +152,7 @@ class RaftDriver:
         self._task: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._stopped = False
+        self._unsaved_hard_state: HardState | None = None
         self.last_stamp_ms = 0
         self.leader_since: float | None = None
         self.metrics_hook: Callable[[str, float], None] | None = None
@@ -361,10 +363,13 @@ class RaftDriver:
         leading = self.core.role is Role.LEADER
         if leading and transport is not None:
             transport.send(rd.messages)  # thesis §10.2.1: replicate while our own fsync runs
+        if rd.hard_state is not None:
+            self._unsaved_hard_state = rd.hard_state
         if rd.must_sync:
             started = time.perf_counter()
+            hard_state, self._unsaved_hard_state = self._unsaved_hard_state, None
             await asyncio.get_running_loop().run_in_executor(
-                self._io, self.storage.save, rd.hard_state, rd.entries, rd.snapshot
+                self._io, self.storage.save, hard_state, rd.entries, rd.snapshot
             )
             if self.metrics_hook is not None:
                 self.metrics_hook("fsync_seconds", time.perf_counter() - started)

@@ -319,14 +319,18 @@ class Raft:
         hard = self._hard_state()
         soft = self._soft_state()
         committed = self.log.committed_to_apply(self.config.max_apply_bytes)
+        entries = self.log.unstable_entries()
+        snapshot = self.log.pending_snapshot
+        vote_changed = hard.term != self._prev_hard.term or hard.vote != self._prev_hard.vote
         rd = Ready(
             soft_state=soft if soft != self._prev_soft else None,
             hard_state=hard if hard != self._prev_hard else None,
-            entries=self.log.unstable_entries(),
-            snapshot=self.log.pending_snapshot,
+            entries=entries,
+            snapshot=snapshot,
             messages=tuple(self._msgs),
             committed_entries=committed,
             read_states=tuple(self._read_states),
+            must_sync=bool(entries) or snapshot is not None or vote_changed,
         )
         self._prev_hard = hard
         self._prev_soft = soft

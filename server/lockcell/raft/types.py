@@ -235,8 +235,7 @@ class Ready:
     messages: tuple[Message, ...] = ()
     committed_entries: tuple[Entry, ...] = ()
     read_states: tuple[ReadState, ...] = ()
-
-    @property
-    def must_sync(self) -> bool:
-        """Whether this batch needs an fsync (anything durable changed)."""
-        return bool(self.entries) or self.hard_state is not None or self.snapshot is not None
+    must_sync: bool = False
+    """Whether this batch needs an fsync before its messages go out: entries, a snapshot,
+    or a new term or vote. A hard state that only moves the commit index may be written
+    lazily (a restarted member re-learns its commit index from the leader)."""

@@ -1,0 +1,71 @@
+"""Durable file-system primitives: fsync of directories and atomic file replacement."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+TEMP_SUFFIX = ".tmp"
+"""Suffix of files being written before an atomic rename; leftovers are garbage."""
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make creations, renames and deletions in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_all(fd: int, data: bytes | memoryview, offset: int) -> int:
+    """``pwrite`` all of ``data`` at ``offset`` (looping over short writes); return the end."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        if written <= 0:
+            raise OSError(f"pwrite wrote {written} bytes")
+        offset += written
+        view = view[written:]
+    return offset
+
+
+def atomic_write(path: Path, data: bytes, *, sync_directory: bool = True) -> None:
+    """Replace ``path`` with ``data`` atomically: temp file, fsync, rename, fsync directory.
+
+    After a crash the file holds either its old content or ``data``, never a mix. With
+    ``sync_directory=False`` the caller must fsync the directory itself before relying on
+    the rename (useful to cover several renames with one directory fsync).
+    """
+    temp = path.with_name(path.name + TEMP_SUFFIX)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        write_all(fd, data, 0)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        temp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(temp, path)
+    if sync_directory:
+        fsync_directory(path.parent)
+
+
+def ensure_directory(directory: Path) -> bool:
+    """Create ``directory`` (and parents) durably if missing; return whether it was created."""
+    if directory.is_dir():
+        return False
+    missing: list[Path] = []
+    current = directory
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir()
+        except FileExistsError:
+            if not path.is_dir():
+                raise
+        fsync_directory(path.parent)
+    return True
