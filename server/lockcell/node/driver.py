@@ -303,7 +303,8 @@ class RaftDriver:
                     rd = self.core.ready()
                     await self._handle_ready(rd)
                     self.core.advance()
-                    self._after_advance(rd)
+                    if self._after_advance(rd):
+                        await self._take_snapshot()
                     self._drain()
             except asyncio.CancelledError:
                 raise
@@ -409,7 +410,8 @@ class RaftDriver:
             else:
                 future.set_result(result)
 
-    def _after_advance(self, rd: Ready) -> None:
+    def _after_advance(self, rd: Ready) -> bool:
+        """Resolve waiters after a batch; True when it is time for a snapshot."""
         applied = self.core.log.applied
         if rd.committed_entries or rd.snapshot is not None:
             if self._applied_waiters:
@@ -428,13 +430,14 @@ class RaftDriver:
                 for f in batch.futures:
                     if not f.done():
                         f.set_result(None)
-        if applied - self.core.log.snapshot.meta.index >= self.config.snapshot_every:
-            self._take_snapshot()
+        return applied - self.core.log.snapshot.meta.index >= self.config.snapshot_every
 
-    def _take_snapshot(self) -> None:
+    async def _take_snapshot(self) -> None:
+        """Image the state machine at the applied index and persist it on the WAL thread."""
         started = time.perf_counter()
         snap = self.core.create_snapshot(self.app.snapshot())
-        self.storage.save_snapshot(snap)
+        await asyncio.get_running_loop().run_in_executor(
+            self._io, self.storage.save_snapshot, snap)
         if self.metrics_hook is not None:
             self.metrics_hook("snapshot_seconds", time.perf_counter() - started)
 

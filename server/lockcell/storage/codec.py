@@ -10,11 +10,13 @@ Layout (all integers little-endian):
   - ``LOG_RESET``   ``<B Q Q``     type, index, term: "the log is empty; its last compacted
     entry is (index, term)" - written when a snapshot replaces the whole log.
 
-- **Frame**: ``<I I`` crc32, payload length; then the payload (one or more records). The
-  crc covers the length field and the payload and is seeded with the segment's random
-  ``salt``, so bytes copied from elsewhere (even a whole frame embedded in entry data) do
-  not validate in this segment. One frame is written per ``save`` call: it is the unit of
-  atomicity, so a torn write can only ever damage the last frame.
+- **Frame**: ``<I I I`` marker, crc32, payload length; then the payload (one or more
+  records). The marker is the segment's random ``salt`` (four non-zero bytes), so frame
+  starts can be found again with a C-speed ``bytes.find`` when telling a torn tail from
+  damage in the middle. The crc covers the length field and the payload and is seeded
+  with the salt, so bytes copied from elsewhere (even a whole frame embedded in entry
+  data) do not validate in this segment. One frame is written per ``save`` call: it is
+  the unit of atomicity, so a torn write can only ever damage the last frame.
 
 - **Segment header** (36 bytes): ``<8s H H I Q Q I`` magic, version, flags, salt, sequence
   number, first index, crc32 of the preceding 32 bytes.
@@ -47,13 +49,14 @@ _NO_VOTE = 0xFFFF
 MAX_VOTE_BYTES = 0xFFFE
 MAX_ENTRY_DATA = 0xFFFFFFFF
 
-FRAME_HEADER = struct.Struct("<II")
+FRAME_HEADER = struct.Struct("<III")
 FRAME_HEADER_SIZE = FRAME_HEADER.size
 _LENGTH = struct.Struct("<I")
 MAX_FRAME_PAYLOAD = 0xFFFFFFFF
 
 SEGMENT_MAGIC = b"LCWALSEG"
-SEGMENT_VERSION = 1
+SEGMENT_VERSION = 2
+"""2: frames carry the segment marker (12-byte frame header); 1 (8-byte header) is unread."""
 _SEGMENT_HEADER_BODY = struct.Struct("<8sHHIQQ")
 _CRC = struct.Struct("<I")
 SEGMENT_HEADER_SIZE = _SEGMENT_HEADER_BODY.size + _CRC.size
@@ -65,7 +68,6 @@ _ID_LEN = struct.Struct("<H")
 _DATA_LEN = struct.Struct("<Q")
 
 _KINDS: dict[int, EntryKind] = {kind.value: kind for kind in EntryKind}
-_U64_MAX = 2**64 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,26 +200,36 @@ def frame_checksum(payload: bytes | memoryview, salt: int) -> int:
     return zlib.crc32(payload, zlib.crc32(_LENGTH.pack(len(payload)), salt))
 
 
+def frame_marker(salt: int) -> bytes:
+    """The bytes every frame of a segment with this ``salt`` starts with."""
+    return _LENGTH.pack(salt)
+
+
 def encode_frame(payload: bytes, salt: int) -> bytes:
-    """Wrap a non-empty payload in a frame header (crc32, length)."""
+    """Wrap a non-empty payload in a frame header (marker, crc32, length)."""
     if not payload:
         raise ValueError("a frame carries at least one record")
     if len(payload) > MAX_FRAME_PAYLOAD:
         raise ValueError(f"batch of {len(payload)} bytes exceeds the {MAX_FRAME_PAYLOAD} limit")
-    return FRAME_HEADER.pack(frame_checksum(payload, salt), len(payload)) + payload
+    return FRAME_HEADER.pack(salt, frame_checksum(payload, salt), len(payload)) + payload
 
 
 def read_frame(buf: bytes | memoryview, offset: int, salt: int) -> int:
-    """Validate the frame at ``offset``; return where it ends (its payload starts 8 bytes in).
+    """Validate the frame at ``offset``; return where it ends (its payload starts 12 bytes in).
 
-    Raises :class:`CodecError` if the frame is cut short, empty or fails its checksum.
+    Raises :class:`CodecError` if the frame is cut short, lacks the segment's marker, is
+    empty or fails its checksum.
     """
     if offset < 0:
         raise CodecError(f"negative offset {offset}")
     payload_start = offset + FRAME_HEADER_SIZE
     if payload_start > len(buf):
-        raise CodecError(f"frame header cut short ({len(buf) - offset} of 8 bytes)")
-    crc, length = FRAME_HEADER.unpack_from(buf, offset)
+        raise CodecError(
+            f"frame header cut short ({len(buf) - offset} of {FRAME_HEADER_SIZE} bytes)"
+        )
+    marker, crc, length = FRAME_HEADER.unpack_from(buf, offset)
+    if marker != salt:
+        raise CodecError(f"no frame marker (found {marker:08x})")
     length = int(length)
     if length == 0:
         raise CodecError("frame declares an empty payload")
@@ -334,9 +346,3 @@ def _decode_id_set(buf: bytes | memoryview, pos: int, end: int) -> tuple[frozens
         ids.append(_decode_text(buf[pos : pos + length], "member id"))
         pos += length
     return frozenset(ids), pos
-
-
-def check_u64(value: int, what: str) -> None:
-    """Raise ``ValueError`` unless ``value`` fits the unsigned 64-bit fields used on disk."""
-    if not 0 <= value <= _U64_MAX:
-        raise ValueError(f"{what} {value} is outside 0..2**64-1")

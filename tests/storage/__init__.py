@@ -1,0 +1,1 @@
+"""Tests of the durable storage layer (lockcell.storage)."""
