@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lockcell.node.driver import RaftDriver, Unavailable
-from lockcell.raft.types import ChangeOp, ConfChange, NodeId, Role
+from lockcell.raft.types import ConfChange, NodeId, Role
 from lockcell.statemachine.cell import CellState
 from lockcell.statemachine.commands import (
     Acquire,
@@ -185,14 +185,16 @@ class CellService:
                 self.members[str(member_id)] = MemberAddress(
                     str(address.get("url", "")), str(address.get("peer_url", ""))
                 )
-        for single in change.changes:
-            if single.op is ChangeOp.REMOVE:
-                self.members.pop(single.node, None)
+        # A removed voter still votes in the joint configuration, so its address stays
+        # known; the book is pruned to the configuration when a snapshot is taken.
         if self._on_members is not None:
             self._on_members(dict(self.members))
 
     def snapshot(self) -> bytes:
-        """State-machine image plus the member address book."""
+        """State-machine image plus the member address book (of current members)."""
+        if self.driver is not None:
+            current = self.driver.core.conf.members()
+            self.members = {m: a for m, a in self.members.items() if m in current}
         book = json.dumps(
             {m: {"url": a.url, "peer_url": a.peer_url} for m, a in sorted(self.members.items())},
             separators=(",", ":"),
