@@ -1,14 +1,46 @@
-"""Deterministic in-memory cluster for Raft tests: virtual time, a faulty network, crash-restart."""
+"""Deterministic in-memory cluster for Raft tests: virtual time, a faulty network, crash-restart.
+
+The harness plays the part of ``node/driver.py`` for every member: it persists each ``Ready``
+to a :class:`Disk` (the only thing that survives a crash), sends its messages through a
+simulated network, applies committed entries to a toy state machine and calls ``advance``.
+Everything is driven by one seeded ``random.Random`` and virtual ticks, so a seed replays
+exactly (messages of one ``Ready`` are put on the wire in a canonical order, so the replay
+does not depend on ``PYTHONHASHSEED`` either).
+
+Safety properties are checked as the run goes (any failure raises :class:`InvariantViolation`
+with the seed, the tick and the tail of the trace):
+
+- election safety: at most one leader per term;
+- leader completeness: a new leader's log holds every entry committed so far;
+- log matching: two logs that agree on (index, term) agree on every entry before it;
+- state-machine safety: no two members commit or apply different entries at one index, and
+  a snapshot's image is the image of the entries it replaces;
+- durability: a member's fsynced term and commit index never go back and it never votes
+  twice in one term (what is on its disk, across crashes);
+- membership: committed configuration changes are valid; a voter set changes only by
+  entering a joint configuration whose outgoing half is the old voter set, or by leaving
+  one; every member's configuration is the one its applied log (or snapshot) implies; at
+  most one configuration change is pending in a leader's log;
+- ReadIndex linearizability: a read's index is at least every index committed before the
+  read was requested;
+- leader lease: while a leader's ``lease_anchor_tick()`` plus the minimum election timeout
+  is in the future, no other member leads a later term (checked only while no member has
+  restarted since the anchor, as a restarted member forgets that it heard from a leader);
+- driver liveness: ``has_ready()`` never keeps reporting work that ``ready()`` does not hand
+  out (a driver would spin).
+"""
 
 from __future__ import annotations
 
 import random
+import zlib
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from lockcell.raft.confchange import apply_conf_change
 from lockcell.raft.core import Raft, RaftConfig, bootstrap_entries
 from lockcell.raft.types import (
+    ChangeOp,
     ConfChange,
     ConfState,
     Entry,
@@ -17,6 +49,7 @@ from lockcell.raft.types import (
     Message,
     MessageType,
     NodeId,
+    ReadState,
     Ready,
     Role,
     Snapshot,
@@ -24,35 +57,63 @@ from lockcell.raft.types import (
 
 
 class InvariantViolation(AssertionError):
-    """A Raft safety property failed; the message names it."""
+    """A Raft safety property failed; the message names it, ``kind`` and ``info`` say which."""
+
+    def __init__(self, message: str, kind: str = "", info: dict[str, object] | None = None):
+        super().__init__(message)
+        self.kind = kind
+        self.info = info or {}
+
+
+class BusyLoop(InvariantViolation):
+    """``has_ready()`` keeps returning True while ``ready()`` hands out nothing."""
 
 
 @dataclass
 class Disk:
-    """What a member has fsynced: survives crashes."""
+    """What a member has fsynced: survives crashes.
+
+    Like ``node/driver.py``, a hard state that only moves the commit index
+    (``Ready.must_sync`` False) is kept unsaved until the next batch that must sync, and is
+    lost if the member crashes first.
+    """
 
     hard_state: HardState = field(default_factory=HardState)
     snapshot: Snapshot = field(default_factory=Snapshot)
     entries: list[Entry] = field(default_factory=list)
+    unsaved: HardState | None = None
 
     def persist(self, rd: Ready) -> None:
+        """Make one Ready durable (what the driver's single fsync covers)."""
+        if rd.hard_state is not None:
+            self.unsaved = rd.hard_state
+        if not rd.must_sync:
+            return
         if rd.snapshot is not None:
+            # A received snapshot replaces the whole log (Raft Fig. 13, step 7): the core
+            # keeps no entry of the old log after restoring one.
             self.snapshot = rd.snapshot
-            self.entries = [e for e in self.entries if e.index > rd.snapshot.meta.index]
-            # a received snapshot replaces a log that does not contain it
-            if not self.entries or self.entries[0].index != rd.snapshot.meta.index + 1:
-                self.entries = []
+            self.entries = []
         if rd.entries:
             first = rd.entries[0].index
             self.entries = [e for e in self.entries if e.index < first]
             self.entries.extend(rd.entries)
-        if rd.hard_state is not None:
-            self.hard_state = rd.hard_state
+        if self.unsaved is not None:
+            self.hard_state, self.unsaved = self.unsaved, None
+
+    def lose_unsaved(self) -> None:
+        """A crash: what was not fsynced is gone."""
+        self.unsaved = None
+
+    def compact(self, snap: Snapshot) -> None:
+        """Adopt a locally created snapshot and drop the entries it covers."""
+        self.snapshot = snap
+        self.entries = [e for e in self.entries if e.index > snap.meta.index]
 
 
 @dataclass
 class SimNode:
-    """One member: its Raft core, its disk and its applied state machine (a list)."""
+    """One member: its Raft core, its disk and its applied state machine."""
 
     id: NodeId
     raft: Raft
@@ -60,7 +121,14 @@ class SimNode:
     applied: dict[int, Entry] = field(default_factory=dict)
     snapshot_every: int = 0
     conf_history: list[ConfState] = field(default_factory=list)
+    read_states: list[ReadState] = field(default_factory=list)
     alive: bool = True
+    boot_time: int = 0
+    boot_commit: int = 0
+    applied_upto: int = 0
+    digest: int = 0
+    seen_commit: int = 0
+    empty_readies: int = 0
 
 
 @dataclass(order=True)
@@ -68,6 +136,61 @@ class _InFlight:
     deliver_at: int
     seq: int
     msg: Message = field(compare=False)
+
+
+def chain_digest(prev: int, entry: Entry) -> int:
+    """A running digest of an applied log: the toy state machine's image."""
+    head = f"{prev}|{entry.index}|{entry.term}|{int(entry.kind)}|".encode()
+    return zlib.crc32(head + entry.data)
+
+
+def image_of(snapshot: Snapshot) -> int:
+    """The digest a snapshot's data claims (created by :meth:`Cluster.process_ready`)."""
+    if snapshot.empty:
+        return 0
+    text = snapshot.data.decode()
+    index, _, digest = text.partition(":")
+    assert int(index) == snapshot.meta.index, text
+    return int(digest)
+
+
+def model_conf(conf: ConfState, change: ConfChange) -> ConfState | None:
+    """An independent model of the membership rules (DESIGN §2, thesis §4.3).
+
+    Returns the configuration after ``change``, or None when the change is not allowed.
+    """
+    if not change.changes:
+        if not conf.voters_outgoing:
+            return None
+        return ConfState(voters=conf.voters, learners=conf.learners)
+    if conf.voters_outgoing:
+        return None
+    voters, learners = set(conf.voters), set(conf.learners)
+    nodes = [c.node for c in change.changes]
+    if len(set(nodes)) != len(nodes) or "" in nodes:
+        return None
+    for single in change.changes:
+        n = single.node
+        if single.op is ChangeOp.ADD_VOTER:
+            if n in voters:
+                return None
+            voters.add(n)
+            learners.discard(n)
+        elif single.op is ChangeOp.ADD_LEARNER:
+            if n in voters or n in learners:
+                return None
+            learners.add(n)
+        else:
+            if n not in voters and n not in learners:
+                return None
+            voters.discard(n)
+            learners.discard(n)
+    if not voters:
+        return None
+    if voters == set(conf.voters) or not conf.voters:
+        return ConfState(voters=frozenset(voters), learners=frozenset(learners))
+    return ConfState(voters=frozenset(voters), voters_outgoing=conf.voters,
+                     learners=frozenset(learners))
 
 
 class Cluster:
@@ -87,6 +210,11 @@ class Cluster:
         snapshot_every: int = 0,
         retain: int = 5,
         trace: bool = False,
+        disks: dict[NodeId, Disk] | None = None,
+        report_snapshots: bool = True,
+        report_unreachable: bool = True,
+        check_lease: bool = True,
+        record_messages: bool = False,
     ) -> None:
         self.rng = random.Random(seed)
         self.seed = seed
@@ -97,9 +225,13 @@ class Cluster:
         self.max_msg_bytes = max_msg_bytes
         self.snapshot_every = snapshot_every
         self.retain = retain
+        self.report_snapshots = report_snapshots
+        self.report_unreachable = report_unreachable
+        self.check_lease = check_lease and check_quorum
         self.now = 0
         self.nodes: dict[NodeId, SimNode] = {}
         self.queue: list[_InFlight] = []
+        self.local: list[Message] = []
         self._seq = 0
         # network faults
         self.drop_rate = 0.0
@@ -107,17 +239,43 @@ class Cluster:
         self.max_delay = 0
         self.blocked: set[tuple[NodeId, NodeId]] = set()
         self.msg_filter: Callable[[Message], bool] | None = None
+        self.hold_filter: Callable[[Message], bool] | None = None
+        self.held: list[Message] = []
+        # driver faults (probabilities per Ready): a crash between the leader's send and its
+        # fsync, and a crash between any member's fsync and its send
+        self.crash_before_sync = 0.0
+        self.crash_after_sync = 0.0
         # observed history for invariant checks
         self.leaders_by_term: dict[int, NodeId] = {}
         self.applied_by_index: dict[int, Entry] = {}
+        self.committed_by_index: dict[int, Entry] = {}
+        self.digest_by_index: dict[int, int] = {0: 0}
+        self.conf_log: list[tuple[int, ConfState]] = [(0, ConfState())]
+        self._conf_frontier = 0
+        self.last_restart = -1
+        self.reads: dict[bytes, int] = {}
+        self.answered_reads: dict[bytes, int] = {}
+        self.record_messages = record_messages
+        self.sent: list[Message] = []
+        self.workarounds: set[str] = set()
+        """Diagnosis only (simrun.classify): known core bugs to step around; ``used`` says
+        which ones actually had to be."""
+        self.used: set[str] = set()
+        self.on_ready: list[Callable[[SimNode, Ready], None]] = []
+        """Observers called after each handled Ready (after ``advance``)."""
+        self.timeout_now_sent: dict[tuple[NodeId, int], int] = {}
+        """(leader, term) -> tick it last sent TIMEOUT_NOW (leadership transfer)."""
         self.trace_enabled = trace
-        self.trace: list[str] = []
+        self.trace: deque[str] = deque(maxlen=100_000 if trace else 400)
         initial = list(ids)
         for node_id in initial:
-            disk = Disk()
-            if bootstrap:
-                hs, entries = bootstrap_entries(initial)
-                disk.hard_state, disk.entries = hs, list(entries)
+            if disks is not None and node_id in disks:
+                disk = disks[node_id]
+            else:
+                disk = Disk()
+                if bootstrap:
+                    hs, entries = bootstrap_entries(initial)
+                    disk.hard_state, disk.entries = hs, list(entries)
             self.nodes[node_id] = self._boot(node_id, disk)
 
     # ------------------------------------------------------------------ membership of the sim
@@ -132,31 +290,44 @@ class Cluster:
 
     def _boot(self, node_id: NodeId, disk: Disk) -> SimNode:
         raft = Raft(self._config(node_id), random.Random(self.rng.random()), disk.hard_state,
-                    disk.snapshot, disk.entries)
+                    disk.snapshot, list(disk.entries))
         node = SimNode(node_id, raft, disk, snapshot_every=self.snapshot_every)
         node.conf_history.append(raft.conf)
+        node.boot_time = self.now
+        node.boot_commit = raft.log.committed
         # the restored snapshot is the state machine's starting point
+        snap = disk.snapshot
+        node.applied_upto = snap.meta.index
+        node.digest = image_of(snap)
+        node.applied = {i: e for i, e in self.applied_by_index.items() if i <= snap.meta.index}
+        node.seen_commit = snap.meta.index
+        self._observe_commit(node)
         return node
 
     def add_node(self, node_id: NodeId) -> SimNode:
         """A brand-new, empty member that waits to be added (does not bootstrap)."""
         node = self._boot(node_id, Disk())
         self.nodes[node_id] = node
+        self._log(f"add node {node_id}")
         return node
 
     def crash(self, node_id: NodeId) -> None:
         """Stop a member; what it fsynced stays, everything else is gone."""
         node = self.nodes[node_id]
         node.alive = False
+        node.disk.lose_unsaved()
         self._log(f"crash {node_id}")
 
     def restart(self, node_id: NodeId) -> None:
         """Restart a crashed member from its disk."""
         old = self.nodes[node_id]
+        old.alive = False
+        old.disk.lose_unsaved()
         node = self._boot(node_id, old.disk)
-        node.applied = {i: e for i, e in old.applied.items() if i <= old.disk.snapshot.meta.index}
         self.nodes[node_id] = node
-        self._log(f"restart {node_id}")
+        self.last_restart = self.now
+        self._log(f"restart {node_id} term={node.raft.term} last={node.raft.log.last_index()} "
+                  f"commit={node.raft.log.committed} conf={_conf_text(node.raft.conf)}")
 
     # ------------------------------------------------------------------ network
 
@@ -179,66 +350,253 @@ class Cluster:
         others = [n for n in self.nodes if n != node_id]
         self.partition([node_id], others)
 
+    def block(self, sender: NodeId, to: NodeId) -> None:
+        """Cut one direction of one link (asymmetric partition)."""
+        self.blocked.add((sender, to))
+        self._log(f"block {sender}->{to}")
+
     def heal(self) -> None:
-        """Remove all partitions and message faults."""
+        """Remove all partitions and message faults; held messages are released."""
         self.blocked = set()
         self.drop_rate = self.dup_rate = 0.0
         self.max_delay = 0
         self.msg_filter = None
+        self.hold_filter = None
+        self.release()
         self._log("heal")
 
+    def hold(self, pred: Callable[[Message], bool]) -> None:
+        """Hold back messages matching ``pred`` until :meth:`release`."""
+        self.hold_filter = pred
+
+    def release(self, pred: Callable[[Message], bool] | None = None) -> list[Message]:
+        """Put held messages (all, or those matching ``pred``) back on the wire, in order."""
+        out = [m for m in self.held if pred is None or pred(m)]
+        self.held = [m for m in self.held if not (pred is None or pred(m))]
+        for m in out:
+            self._put(m, 0)
+        return out
+
     def _enqueue(self, msg: Message) -> None:
-        if (msg.sender, msg.to) in self.blocked or msg.to not in self.nodes:
+        if self.record_messages:
+            self.sent.append(msg)
+        if msg.type is MessageType.TIMEOUT_NOW:
+            self.timeout_now_sent[(msg.sender, msg.term)] = self.now
+            self._log(f"{msg.sender} sends TIMEOUT_NOW to {msg.to} (term {msg.term})")
+        if msg.to not in self.nodes:
+            self._undeliverable(msg)
+            return
+        if (msg.sender, msg.to) in self.blocked:
+            self._undeliverable(msg)
+            return
+        if self.hold_filter is not None and self.hold_filter(msg):
+            self.held.append(msg)
             return
         if self.msg_filter is not None and not self.msg_filter(msg):
+            self._lost(msg)
             return
         if self.drop_rate and self.rng.random() < self.drop_rate:
+            self._lost(msg)
             return
         copies = 2 if self.dup_rate and self.rng.random() < self.dup_rate else 1
         for _ in range(copies):
             delay = self.rng.randint(0, self.max_delay) if self.max_delay else 0
-            self._seq += 1
-            self.queue.append(_InFlight(self.now + delay, self._seq, msg))
+            self._put(msg, delay)
+
+    def _put(self, msg: Message, delay: int) -> None:
+        self._seq += 1
+        self.queue.append(_InFlight(self.now + delay, self._seq, msg))
+
+    def _lost(self, msg: Message) -> None:
+        # Silently lost on the wire: only a snapshot sender learns about it (a snapshot is
+        # streamed, so the driver sees the stream fail).
+        if msg.type is MessageType.SNAPSHOT and self.report_snapshots:
+            self._report(msg.sender, msg.to, MessageType.SNAPSHOT_STATUS, reject=True)
+
+    def _undeliverable(self, msg: Message) -> None:
+        # The link is down: the transport notices (connection refused or timed out).
+        if msg.type is MessageType.SNAPSHOT and self.report_snapshots:
+            self._report(msg.sender, msg.to, MessageType.SNAPSHOT_STATUS, reject=True)
+        elif self.report_unreachable:
+            self._report(msg.sender, msg.to, MessageType.UNREACHABLE)
+
+    def _report(self, node: NodeId, peer: NodeId, kind: MessageType, reject: bool = False) -> None:
+        self.local.append(Message(kind, to=node, sender=peer, reject=reject))
 
     # ------------------------------------------------------------------ driving
 
     def process_ready(self, node: SimNode) -> bool:
+        """Run one driver iteration for ``node``: persist, send, apply, advance."""
         raft = node.raft
         if not raft.has_ready():
             return False
         rd = raft.ready()
-        node.disk.persist(rd)
-        for m in rd.messages:
-            self._enqueue(m)
+        self._check_ready(node, rd)
+        messages = sorted(rd.messages, key=lambda m: m.to)  # stable: per-link order kept
+        # Like node/driver.py, a leader sends before its own fsync (thesis §10.2.1).
+        early = raft.role is Role.LEADER
+        if early:
+            for m in messages:
+                self._enqueue(m)
+            if rd.must_sync and self.crash_before_sync and (
+                self.rng.random() < self.crash_before_sync
+            ):
+                self._log(f"{node.id} crashes after sending, before its fsync")
+                self.crash(node.id)
+                return True
+        self._persist(node, rd)
+        if self.crash_after_sync and self.rng.random() < self.crash_after_sync:
+            self._log(f"{node.id} crashes after its fsync, before sending")
+            self.crash(node.id)
+            return True
+        if not early:
+            for m in messages:
+                self._enqueue(m)
         if rd.snapshot is not None:
-            snap_index = rd.snapshot.meta.index
-            node.applied = {i: e for i, e in self.applied_by_index.items() if i <= snap_index}
+            self._restore(node, rd.snapshot)
         for entry in rd.committed_entries:
             self._apply(node, entry)
+        for rs in rd.read_states:
+            self._read_answered(node, rs)
         raft.advance()
         if rd.soft_state is not None and rd.soft_state.role is Role.LEADER:
             self._record_leader(node)
+        self._observe_commit(node)
         if node.snapshot_every and raft.log.applied - raft.log.snapshot.meta.index >= (
             node.snapshot_every
-        ):
-            snap = raft.create_snapshot(f"image@{raft.log.applied}".encode())
-            node.disk.snapshot = snap
-            node.disk.entries = [e for e in node.disk.entries if e.index > snap.meta.index]
+        ) and raft.log.applied == node.applied_upto:
+            data = f"{node.applied_upto}:{node.digest}".encode()
+            snap = raft.create_snapshot(data)
+            node.disk.compact(snap)
+        self._check_conf(node)
         if node.raft.conf != node.conf_history[-1]:
-            self._check_conf_transition(node, node.conf_history[-1], node.raft.conf)
             node.conf_history.append(node.raft.conf)
+            self._log(f"{node.id} conf {_conf_text(node.raft.conf)}")
+        for observe in self.on_ready:
+            observe(node, rd)
         return True
 
+    def _persist(self, node: SimNode, rd: Ready) -> None:
+        old = node.disk.hard_state
+        node.disk.persist(rd)
+        new = node.disk.hard_state
+        if new.term < old.term:
+            self._violation(f"{node.id}: durable term went back {old.term} -> {new.term}")
+        if new.term == old.term and old.vote is not None and new.vote != old.vote:
+            self._violation(
+                f"{node.id}: voted twice in term {new.term}: {old.vote} then {new.vote}"
+            )
+        if new.commit < old.commit and rd.snapshot is None:
+            self._violation(f"{node.id}: durable commit went back {old.commit} -> {new.commit}")
+
+    def _check_ready(self, node: SimNode, rd: Ready) -> None:
+        empty = not (rd.soft_state or rd.hard_state or rd.entries or rd.snapshot
+                     or rd.messages or rd.committed_entries or rd.read_states)
+        node.empty_readies = node.empty_readies + 1 if empty else 0
+        raft = node.raft
+        if (node.empty_readies >= 3 and "B1" in self.workarounds
+                and raft.role is not Role.LEADER and getattr(raft, "_need_heartbeat", False)):
+            raft._need_heartbeat = False  # B1: the flag a deposed leader never clears
+            self.used.add("B1")
+            node.empty_readies = 0
+        if node.empty_readies >= 3:
+            raise BusyLoop(self._describe_violation(
+                f"{node.id}: has_ready() stays True but ready() is empty "
+                f"(role {node.raft.role.name}); a driver would spin"), "busy-loop",
+                {"node": node.id, "role": node.raft.role})
+        if rd.entries:
+            idx = [e.index for e in rd.entries]
+            if idx != list(range(idx[0], idx[0] + len(idx))):
+                self._violation(f"{node.id}: Ready entries not contiguous: {idx}")
+
+    def _restore(self, node: SimNode, snap: Snapshot) -> None:
+        index = snap.meta.index
+        image = image_of(snap)
+        known = self.digest_by_index.get(index)
+        if known is None:
+            self._violation(f"{node.id} restored a snapshot at {index} nobody applied")
+        if image != known:
+            self._violation(f"{node.id}: snapshot at {index} is not the image of the log")
+        node.applied = {i: e for i, e in self.applied_by_index.items() if i <= index}
+        node.applied_upto = index
+        node.digest = image
+        node.seen_commit = max(node.seen_commit, index)
+        self._log(f"{node.id} restores snapshot @{index} t{snap.meta.term}")
+
     def _apply(self, node: SimNode, entry: Entry) -> None:
-        if entry.index in node.applied and node.applied[entry.index] != entry:
-            self._violation(f"{node.id} applied two entries at {entry.index}")
+        if entry.index != node.applied_upto + 1:
+            self._violation(
+                f"{node.id} applied {entry.index} after {node.applied_upto} (gap or repeat)"
+            )
         node.applied[entry.index] = entry
+        node.applied_upto = entry.index
+        node.digest = chain_digest(node.digest, entry)
+        committed = self.committed_by_index.get(entry.index)
+        if committed is not None and committed != entry:
+            self._violation(
+                f"state machine safety: {node.id} applies {entry} but {committed} was committed"
+            )
         seen = self.applied_by_index.get(entry.index)
         if seen is None:
             self.applied_by_index[entry.index] = entry
-        elif seen != entry:
+            self.digest_by_index[entry.index] = node.digest
+        elif seen != entry or self.digest_by_index[entry.index] != node.digest:
             self._violation(
                 f"state machine safety: index {entry.index} applied as {seen} and {entry}"
+            )
+
+    def _observe_commit(self, node: SimNode) -> None:
+        log = node.raft.log
+        for index in range(max(node.seen_commit, log.offset) + 1, log.committed + 1):
+            entry = log.entry(index)
+            seen = self.committed_by_index.get(index)
+            if seen is None:
+                self.committed_by_index[index] = entry
+            elif seen != entry:
+                self._violation(
+                    f"state machine safety: {node.id} committed {entry} at {index}, "
+                    f"but {seen} was committed there"
+                )
+        node.seen_commit = max(node.seen_commit, log.committed)
+        self._advance_conf_frontier()
+
+    def _advance_conf_frontier(self) -> None:
+        while (entry := self.committed_by_index.get(self._conf_frontier + 1)) is not None:
+            self._conf_frontier += 1
+            if entry.kind is not EntryKind.CONF_CHANGE:
+                continue
+            old = self.conf_log[-1][1]
+            try:
+                change = ConfChange.decode(entry.data)
+            except ValueError:
+                self._violation(f"committed conf change at {entry.index} does not decode")
+            new = model_conf(old, change)
+            if new is None:
+                self._violation(
+                    f"committed conf change {change} at {entry.index} is invalid "
+                    f"from {_conf_text(old)}"
+                )
+            assert new is not None
+            voters_changed = old.voters and not old.joint and new.voters != old.voters
+            if voters_changed and new.voters_outgoing != old.voters:
+                self._violation(f"voter change without joint consensus at {entry.index}")
+            self.conf_log.append((entry.index, new))
+
+    def conf_at(self, index: int) -> ConfState | None:
+        """The configuration after applying the committed log up to ``index``."""
+        if index > self._conf_frontier:
+            return None
+        for at, conf in reversed(self.conf_log):
+            if at <= index:
+                return conf
+        return ConfState()
+
+    def _check_conf(self, node: SimNode) -> None:
+        expect = self.conf_at(max(node.applied_upto, node.boot_commit))
+        if expect is not None and node.raft.conf != expect:
+            self._violation(
+                f"{node.id}: configuration {_conf_text(node.raft.conf)} but its log "
+                f"(applied {node.applied_upto}) implies {_conf_text(expect)}"
             )
 
     def _record_leader(self, node: SimNode) -> None:
@@ -247,29 +605,17 @@ class Cluster:
         if prev is not None and prev != node.id:
             self._violation(f"election safety: {prev} and {node.id} both lead term {term}")
         self.leaders_by_term[term] = node.id
-        self._log(f"{node.id} leads term {term}")
-        # leader completeness: every applied entry up to its last index is in its log
+        self._log(f"{node.id} leads term {term} (last {node.raft.log.last_index()})")
+        # leader completeness: every committed entry is in the new leader's log
         log = node.raft.log
-        for index, entry in self.applied_by_index.items():
-            if index <= log.offset:
+        for index in range(log.offset + 1, max(self.committed_by_index, default=0) + 1):
+            entry = self.committed_by_index.get(index)
+            if entry is None:
                 continue
             if index > log.last_index() or log.entry(index) != entry:
                 self._violation(
                     f"leader completeness: {node.id} (term {term}) lacks committed {entry}"
                 )
-
-    def _check_conf_transition(self, node: SimNode, old: ConfState, new: ConfState) -> None:
-        if old.voters == new.voters and not old.joint and not new.joint:
-            return
-        if not old.voters and not old.joint:
-            return  # bootstrap or joining via snapshot
-        if new.joint and new.voters_outgoing == old.voters and not old.joint:
-            return  # entered joint
-        if old.joint and not new.joint and new.voters == old.voters:
-            return  # left joint
-        if node.raft.log.snapshot.meta.conf == new:
-            return  # jumped by snapshot
-        self._violation(f"{node.id}: voter change without joint consensus: {old} -> {new}")
 
     def tick(self, n: int = 1) -> None:
         """Advance virtual time by ``n`` ticks, delivering messages as they come due."""
@@ -288,25 +634,47 @@ class Cluster:
             for node in list(self.nodes.values()):
                 if node.alive and self.process_ready(node):
                     progressed = True
+            if self.local:
+                local, self.local = self.local, []
+                for m in local:
+                    target = self.nodes.get(m.to)
+                    if target is not None and target.alive:
+                        self._log(f"report {m.to}: {MessageType(m.type).name} {m.sender}"
+                                  f"{' failed' if m.reject else ''}")
+                        target.raft.step(m)
+                progressed = True
             due = [f for f in self.queue if f.deliver_at <= self.now]
             if due:
                 self.queue = [f for f in self.queue if f.deliver_at > self.now]
+                due.sort()
                 if self.max_delay:
                     self.rng.shuffle(due)
-                else:
-                    due.sort()
                 for flight in due:
-                    target = self.nodes.get(flight.msg.to)
-                    if target is not None and target.alive:
-                        if self.trace_enabled:
-                            self._log(_describe(flight.msg))
-                        target.raft.step(flight.msg)
+                    self._deliver(flight.msg)
                 progressed = True
             if not progressed:
                 return
-        raise RuntimeError("cluster did not settle")
+        raise InvariantViolation(self._describe_violation("cluster did not settle"))
+
+    def _deliver(self, msg: Message) -> None:
+        target = self.nodes.get(msg.to)
+        ok = target is not None and target.alive
+        if msg.type is MessageType.SNAPSHOT and self.report_snapshots:
+            self._report(msg.sender, msg.to, MessageType.SNAPSHOT_STATUS, reject=not ok)
+        if not ok:
+            if self.report_unreachable and msg.type is not MessageType.SNAPSHOT:
+                self._report(msg.sender, msg.to, MessageType.UNREACHABLE)
+            return
+        assert target is not None
+        if self.trace_enabled:
+            self._log(describe(msg))
+        target.raft.step(msg)
 
     # ------------------------------------------------------------------ helpers for tests
+
+    def alive(self) -> list[SimNode]:
+        """Live members, in a stable order."""
+        return [n for n in self.nodes.values() if n.alive]
 
     def leader(self) -> SimNode | None:
         """The live leader with the highest term, if any."""
@@ -314,7 +682,7 @@ class Cluster:
         return max(leaders, key=lambda n: n.raft.term, default=None)
 
     def wait_leader(self, max_ticks: int = 300) -> SimNode:
-        """Tick until some live node leads; fail after ``max_ticks``."""
+        """Tick until some live node leads and has committed in its term."""
         for _ in range(max_ticks):
             lead = self.leader()
             if lead is not None and lead.raft.log.term(lead.raft.log.committed) == lead.raft.term:
@@ -323,7 +691,7 @@ class Cluster:
         raise AssertionError(f"no leader after {max_ticks} ticks (seed {self.seed})")
 
     def propose(self, data: bytes, max_ticks: int = 300) -> int:
-        """Propose through the current leader and tick until applied everywhere alive."""
+        """Propose through the current leader and tick until applied by some member."""
         for _ in range(max_ticks):
             lead = self.wait_leader(max_ticks)
             try:
@@ -347,6 +715,7 @@ class Cluster:
         automatic leave of the joint configuration are applied by the leader."""
         for _ in range(max_ticks):
             lead = self.wait_leader(max_ticks)
+            target = model_conf(lead.raft.conf, change)
             try:
                 lead.raft.propose_conf_change(change)
                 break
@@ -354,18 +723,34 @@ class Cluster:
                 self.tick()
         else:
             raise AssertionError(f"could not propose {change}")
-        target = apply_conf_change(lead.raft.conf, change)
+        assert target is not None, change
         final = ConfState(voters=target.voters, learners=target.learners)
         for _ in range(max_ticks):
-            self.tick()
+            self.settle()
             lead = self.leader()
             if lead is not None and lead.raft.conf == final:
                 return
+            self.tick()
         raise AssertionError(f"change {change} did not complete (seed {self.seed})")
 
+    def read(self, node_id: NodeId, context: bytes) -> None:
+        """Ask ``node_id`` for a ReadIndex; its answer is checked for linearizability."""
+        self.reads[context] = max(self.committed_by_index, default=0)
+        self.nodes[node_id].raft.read_index(context)
+
+    def _read_answered(self, node: SimNode, rs: ReadState) -> None:
+        node.read_states.append(rs)
+        floor = self.reads.get(rs.context)
+        self.answered_reads[rs.context] = rs.index
+        if floor is not None and rs.index < floor:
+            self._violation(
+                f"ReadIndex: {node.id} answered read {rs.context!r} at {rs.index}, but "
+                f"{floor} was committed before it was asked"
+            )
+
     def check_invariants(self) -> None:
-        """Log matching and at most one pending configuration change in any leader's log."""
-        alive = [n for n in self.nodes.values() if n.alive]
+        """Log matching, ≤1 pending conf change per leader, and the leader lease."""
+        alive = self.alive()
         for node in alive:
             log = node.raft.log
             if node.raft.role is Role.LEADER:
@@ -378,6 +763,37 @@ class Cluster:
         for i, a in enumerate(alive):
             for b in alive[i + 1 :]:
                 self._check_log_matching(a, b)
+        if self.check_lease:
+            self._check_lease(alive)
+
+    def _check_lease(self, alive: list[SimNode]) -> None:
+        for node in alive:
+            if node.raft.role is not Role.LEADER:
+                continue
+            anchor = node.raft.lease_anchor_tick()
+            if anchor is None:
+                continue
+            at = node.boot_time + anchor
+            if at > self.now:
+                self._violation(f"{node.id}: lease anchor {at} is in the future ({self.now})")
+            if self.now >= at + self.election_ticks or self.last_restart >= at:
+                continue
+            for other in alive:
+                if other is not node and other.raft.role is Role.LEADER and (
+                    other.raft.term > node.raft.term
+                ):
+                    if "B4" in self.workarounds and (
+                        (node.id, node.raft.term) in self.timeout_now_sent
+                    ):
+                        self.used.add("B4")  # B4: no lease once TIMEOUT_NOW went out
+                        continue
+                    self._violation(
+                        f"leader lease: {node.id} (term {node.raft.term}) holds a lease "
+                        f"anchored at tick {at} until {at + self.election_ticks}, but "
+                        f"{other.id} leads term {other.raft.term} at tick {self.now}",
+                        "lease", holder=node.id, term=node.raft.term, anchor=at,
+                        usurper=other.id, usurper_term=other.raft.term,
+                    )
 
     def _check_log_matching(self, a: SimNode, b: SimNode) -> None:
         la, lb = a.raft.log, b.raft.log
@@ -386,26 +802,53 @@ class Cluster:
         # find highest common index with equal term; everything below must be identical
         for index in range(hi, lo - 1, -1):
             if la.entry(index).term == lb.entry(index).term:
-                for j in range(lo, index + 1):
-                    if la.entry(j) != lb.entry(j):
-                        self._violation(
-                            f"log matching: {a.id} and {b.id} agree at {index} "
-                            f"but differ at {j}"
-                        )
+                sa = la.entries[lo - la.offset - 1 : index - la.offset]
+                sb = lb.entries[lo - lb.offset - 1 : index - lb.offset]
+                if sa != sb:
+                    j = next(k for k, (x, y) in enumerate(zip(sa, sb, strict=True)) if x != y)
+                    self._violation(
+                        f"log matching: {a.id} and {b.id} agree at {index} "
+                        f"but differ at {lo + j}"
+                    )
                 return
 
-    def _violation(self, what: str) -> None:
-        tail = "\n".join(self.trace[-60:])
-        raise InvariantViolation(f"seed {self.seed}, tick {self.now}: {what}\ntrace:\n{tail}")
+    def _describe_violation(self, what: str) -> str:
+        tail = "\n".join(list(self.trace)[-80:])
+        return f"seed {self.seed}, tick {self.now}: {what}\ntrace (last lines):\n{tail}"
+
+    def _violation(self, what: str, kind: str = "", **info: object) -> None:
+        raise InvariantViolation(self._describe_violation(what), kind, info)
 
     def _log(self, line: str) -> None:
         self.trace.append(f"[{self.now}] {line}")
-        if len(self.trace) > 5000:
-            del self.trace[:1000]
+
+    def status_text(self) -> str:
+        """One line per member, for failure messages."""
+        lines = []
+        for n in self.nodes.values():
+            r = n.raft
+            lines.append(
+                f"{n.id}: {'up' if n.alive else 'down'} {r.role.name} t{r.term} "
+                f"last={r.log.last_index()} commit={r.log.committed} applied={r.log.applied} "
+                f"conf={_conf_text(r.conf)}"
+            )
+        return "\n".join(lines)
 
 
-def _describe(m: Message) -> str:
+def _conf_text(conf: ConfState) -> str:
+    text = ",".join(sorted(conf.voters))
+    if conf.joint:
+        text += "|" + ",".join(sorted(conf.voters_outgoing))
+    if conf.learners:
+        text += " L:" + ",".join(sorted(conf.learners))
+    return "{" + text + "}"
+
+
+def describe(m: Message) -> str:
+    """A one-line rendering of a message for traces."""
     extra = f" n={len(m.entries)}" if m.entries else ""
+    if m.snapshot is not None:
+        extra += f" snap@{m.snapshot.meta.index}"
     flag = " reject" if m.reject else ""
     return (
         f"{m.sender}->{m.to} {MessageType(m.type).name} t={m.term} i={m.index} "

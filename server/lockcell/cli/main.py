@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from lockcell.cli.commands import add_client_commands, run_client_command
 from lockcell.node.member import MemberConfig
 
 
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     _cell_parser(sub)
+    add_client_commands(sub)
     return parser
 
 
@@ -166,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_serve(args)
     if args.command == "cell" and args.cell_command == "up":
         return run_cell_up(args)
+    if getattr(args, "client_runner", None) is not None:
+        return run_client_command(args)
     return 2
 
 

@@ -259,6 +259,12 @@ class Member:
         if member_id not in conf.members():
             raise CallFailed(Failure(ErrorCode.NOT_FOUND, f"{member_id} is not a member"))
         await self._change(ConfChange((MemberChange(ChangeOp.REMOVE, member_id),)))
+        if member_id == self.id:
+            # A removed leader hands over once C_new knows it is final; answer after that,
+            # so whoever shuts this member down next cannot strand the new configuration.
+            deadline = time.monotonic() + 10.0
+            while self.driver.leader_id in (self.id, None) and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
         return self.cluster_view()
 
     async def transfer(self, to: str | None) -> dict[str, Any]:

@@ -178,6 +178,8 @@ class Raft:
         self._read_states: list[ReadState] = []
         self._need_flush = False
         self._need_heartbeat = False
+        self._lease_forfeited = False
+        self._leaving_at = 0
         self._commit_sent: dict[NodeId, int] = {}
         self._prev_hard = HardState(self.term, self.vote, self.log.committed)
         self._prev_soft = SoftState(None, Role.FOLLOWER)
@@ -266,6 +268,8 @@ class Raft:
         """
         if self.role is not Role.LEADER or self.transferee is not None:
             return None
+        if self._lease_forfeited or self._leaving_at:
+            return None  # a TIMEOUT_NOW we sent may elect someone despite any lease
         acked = dict(self._acked_round)
         acked[self.id] = self._round
         quorum_round = joint_index(self.conf, acked)
@@ -322,6 +326,13 @@ class Raft:
         entries = self.log.unstable_entries()
         snapshot = self.log.pending_snapshot
         vote_changed = hard.term != self._prev_hard.term or hard.vote != self._prev_hard.vote
+        # Membership takes effect at commit, so knowing that a change committed must
+        # survive a crash (a member that forgot it could stay joint and need a removed
+        # voter); other commit-index moves may be written lazily.
+        commits_conf = any(
+            self.log.entry(i).kind is EntryKind.CONF_CHANGE
+            for i in range(max(self._prev_hard.commit, self.log.offset) + 1, hard.commit + 1)
+        )
         rd = Ready(
             soft_state=soft if soft != self._prev_soft else None,
             hard_state=hard if hard != self._prev_hard else None,
@@ -330,7 +341,7 @@ class Raft:
             messages=tuple(self._msgs),
             committed_entries=committed,
             read_states=tuple(self._read_states),
-            must_sync=bool(entries) or snapshot is not None or vote_changed,
+            must_sync=bool(entries) or snapshot is not None or vote_changed or commits_conf,
         )
         self._prev_hard = hard
         self._prev_soft = soft
@@ -479,7 +490,7 @@ class Raft:
         last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
         if last_new is not None:
             self._send(Message(MessageType.APPEND_RESPONSE, to=m.sender, sender=self.id,
-                               index=last_new))
+                               index=last_new, commit=self.log.committed))
             return
         hint = self.log.find_conflict_by_term(m.index, m.log_term)
         self._send(Message(MessageType.APPEND_RESPONSE, to=m.sender, sender=self.id,
@@ -489,7 +500,7 @@ class Raft:
     def _handle_heartbeat(self, m: Message) -> None:
         self.log.commit_to(min(m.commit, self.log.last_index()))
         self._send(Message(MessageType.HEARTBEAT_RESPONSE, to=m.sender, sender=self.id,
-                           index=m.index))
+                           index=m.index, commit=self.log.committed))
 
     def _handle_snapshot(self, m: Message) -> None:
         snap = m.snapshot
@@ -501,7 +512,8 @@ class Raft:
                                index=self.log.committed))
             return
         if self.log.match_term(meta.index, meta.term):
-            # We already hold this prefix: just learn that it is committed.
+            # We already hold this prefix: just learn that it is committed, and
+            # acknowledge only what the snapshot vouches for (Figure 13).
             self.log.commit_to(meta.index)
         else:
             self.log.restore(snap)
@@ -509,7 +521,7 @@ class Raft:
             self._conf_applied_index = meta.index
             self._reset_progress()
         self._send(Message(MessageType.APPEND_RESPONSE, to=m.sender, sender=self.id,
-                           index=self.log.last_index()))
+                           index=meta.index, commit=self.log.committed))
 
     # ------------------------------------------------------------------ candidate
 
@@ -552,10 +564,19 @@ class Raft:
             return  # not a member (any more): ignore
         if t is MessageType.APPEND_RESPONSE:
             pr.recent_active = True
+            pr.known_commit = max(pr.known_commit, m.commit)
             self._handle_append_response(m, pr)
+            self._maybe_finish_leaving()
         elif t is MessageType.HEARTBEAT_RESPONSE:
             pr.recent_active = True
             pr.probe_sent = False
+            pr.known_commit = max(pr.known_commit, m.commit)
+            if (
+                pr.state is ProgressState.REPLICATE
+                and len(pr.inflight) >= self.config.max_inflight
+            ):
+                pr.free_first()  # appends or their acks may be lost: probe on
+            self._maybe_finish_leaving()
             if m.index > self._acked_round.get(m.sender, 0):
                 self._acked_round[m.sender] = m.index
                 self._release_reads()
@@ -597,7 +618,7 @@ class Raft:
         elif old_paused or pr.next <= self.log.last_index():
             self._send_append(m.sender, pr, send_if_empty=False)
         if m.sender == self.transferee and pr.match == self.log.last_index():
-            self._send(Message(MessageType.TIMEOUT_NOW, to=m.sender, sender=self.id))
+            self._send_timeout_now(m.sender)
 
     def _leader_read_index(self, context: bytes, requester: NodeId) -> None:
         if self.log.term(self.log.committed) != self.term:
@@ -641,9 +662,14 @@ class Raft:
         self.transferee = to
         self._transfer_elapsed = 0
         if pr.match == self.log.last_index():
-            self._send(Message(MessageType.TIMEOUT_NOW, to=to, sender=self.id))
+            self._send_timeout_now(to)
         else:
             self._send_append(to, pr, send_if_empty=True)
+
+    def _send_timeout_now(self, to: NodeId) -> None:
+        """Tell ``to`` to campaign at once; from now on this leader claims no lease."""
+        self._lease_forfeited = True
+        self._send(Message(MessageType.TIMEOUT_NOW, to=to, sender=self.id))
 
     def _maybe_commit(self) -> bool:
         acked = {node: pr.match for node, pr in self.progress.items()}
@@ -744,6 +770,10 @@ class Raft:
     def _tick_leader(self) -> None:
         self._heartbeat_elapsed += 1
         self._election_elapsed += 1
+        if self.transferee is not None:
+            self._transfer_elapsed += 1
+            if self._transfer_elapsed >= self.config.election_ticks:
+                self.transferee = None  # thesis §3.10: give up after an election timeout
         if self._election_elapsed >= self.config.election_ticks:
             self._election_elapsed = 0
             if self.config.check_quorum:
@@ -751,13 +781,13 @@ class Raft:
                     node: (node == self.id or pr.recent_active)
                     for node, pr in self.progress.items()
                 }
-                if not quorum_active(self.conf, active):
+                if not quorum_active(self.conf, active) and not self._leaving_at:
+                    # (A removed leader holds on while it hands over: it commits nothing
+                    # and claims no lease, but only it can tell C_new that C_new is final.)
                     self._become_follower(self.term, None)
                     return
                 for node, pr in self.progress.items():
                     pr.recent_active = node == self.id
-            if self.transferee is not None:
-                self.transferee = None  # transfer timed out
         if self._heartbeat_elapsed >= self.config.heartbeat_ticks:
             self._heartbeat_elapsed = 0
             self._broadcast_heartbeat()
@@ -816,6 +846,7 @@ class Raft:
 
     def _become_leader(self) -> None:
         self._reset(self.term)
+        self._lease_forfeited = False
         self.role = Role.LEADER
         self.leader = self.id
         own = self.progress.get(self.id)
@@ -841,6 +872,9 @@ class Raft:
         self._acked_round = {}
         self._round_ticks = {}
         self._commit_sent = {}
+        self._need_heartbeat = False
+        self._leaving_at = 0
+        self._transfer_elapsed = 0
         self._reset_progress()
 
     def _reset_progress(self) -> None:
@@ -882,18 +916,32 @@ class Raft:
         if self.transferee is not None and self.transferee not in self.conf.all_voters():
             self.transferee = None
         if not self.conf.is_voter(self.id):
-            # Removed from the cell: hand over to the most up-to-date voter, then step down.
-            best = max(
-                (n for n in self.conf.voters if n in self.progress),
-                key=lambda n: (self.progress[n].match, n),
-                default=None,
-            )
-            if best is not None and self.progress[best].match == last:
-                self._send(Message(MessageType.TIMEOUT_NOW, to=best, sender=self.id))
-            self._become_follower(self.term, None)
+            # Removed: keep leading (not counting ourselves) until a majority of the new
+            # voters knows the change committed, else they could stay joint and need us.
+            self._leaving_at = self._conf_applied_index
+            self._need_flush = True
+            self._maybe_finish_leaving()
             return
         self._maybe_commit()
         self._need_flush = True
+
+    def _maybe_finish_leaving(self) -> None:
+        """A removed leader hands over once a majority of C_new has the final commit."""
+        if not self._leaving_at or self.role is not Role.LEADER:
+            return
+        informed = {n: (1 if pr.known_commit >= self._leaving_at else 0)
+                    for n, pr in self.progress.items()}
+        if joint_index(self.conf, informed) < 1:
+            return
+        last = self.log.last_index()
+        best = max(
+            (n for n in self.conf.voters if n in self.progress),
+            key=lambda n: (self.progress[n].match, n),
+            default=None,
+        )
+        if best is not None and self.progress[best].match == last:
+            self._send_timeout_now(best)
+        self._become_follower(self.term, None)
 
     # ------------------------------------------------------------------ helpers
 

@@ -25,6 +25,7 @@ class Progress:
 
     __slots__ = (
         "inflight",
+        "known_commit",
         "learner",
         "match",
         "next",
@@ -43,6 +44,7 @@ class Progress:
         self.pending_snapshot = 0
         self.recent_active = True
         self.learner = learner
+        self.known_commit = 0
 
     def is_paused(self, max_inflight: int) -> bool:
         """Whether the leader must hold back further appends."""
@@ -105,6 +107,11 @@ class Progress:
             self.inflight.append(last)
         elif self.state is ProgressState.PROBE:
             self.probe_sent = True
+
+    def free_first(self) -> None:
+        """Release the oldest in-flight slot (its append or ack may have been lost)."""
+        if self.inflight:
+            self.inflight.popleft()
 
     def free_up_to(self, index: int) -> None:
         """Release in-flight slots acknowledged up to ``index``."""

@@ -88,15 +88,21 @@ class ConfChange:
             return ConfChange(())
         try:
             doc = json.loads(data)
-            changes = tuple(
-                MemberChange(ChangeOp(int(op)), str(node)) for op, node in doc["c"]
-            )
+            pairs = doc["c"]
+            if not isinstance(pairs, list):
+                raise ValueError("changes must be a list")
             context = doc.get("x", "")
-        except (KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+            changes: list[MemberChange] = []
+            for op, node in pairs:
+                if type(op) is not int or type(node) is not str or not node:
+                    raise ValueError(f"bad member change {op!r}:{node!r}")
+                changes.append(MemberChange(ChangeOp(op), node))
+        except (KeyError, TypeError, AttributeError, UnicodeDecodeError, OverflowError,
+                RecursionError) as exc:
             raise ValueError(f"malformed membership change: {exc}") from exc
-        if not isinstance(context, str) or any(not c.node for c in changes):
-            raise ValueError("malformed membership change")
-        return ConfChange(changes, context)
+        if not isinstance(context, str):
+            raise ValueError("malformed membership change context")
+        return ConfChange(tuple(changes), context)
 
 
 @dataclass(frozen=True, slots=True)
