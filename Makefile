@@ -28,7 +28,7 @@ lint: $(STAMP)
 typecheck: lint
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 -p no:cacheprovider
 
 test: lint unit
 
@@ -36,7 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 soak: $(STAMP)
-	LOCKCELL_SIM_SEEDS=$(SEEDS) $(BIN)/python -m pytest -q -p no:cacheprovider tests/raft/test_simulation.py
+	LOCKCELL_SIM_SEEDS=$(SEEDS) $(BIN)/python -m pytest -q -n 2 -p no:cacheprovider tests/raft/test_simulation.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

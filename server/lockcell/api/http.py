@@ -20,7 +20,7 @@ from lockcell.api.openapi import ROUTES, Route, openapi_document
 from lockcell.node.cell import CallFailed, CellService
 from lockcell.node.driver import Unavailable
 from lockcell.node.member import Member
-from lockcell.statemachine.commands import CreateSpec, Delete, Open, Poison, SetContents
+from lockcell.statemachine.commands import CreateSpec, Delete, Open, SetContents
 from lockcell.statemachine.commands import SetSequencer as SetSequencerCommand
 from lockcell.statemachine.errors import ErrorCode
 from lockcell.statemachine.values import EventType, LockMode, NodeKind
@@ -158,7 +158,8 @@ class HttpApi:
             elif exc.status == 404:
                 response = error_response(404, "not_found", "no such route")
             elif exc.status == 405:
-                response = error_response(405, "invalid_argument", "method not allowed")
+                response = error_response(400, "invalid_argument",
+                                          f"{call.method} is not allowed on {call.path}")
             else:
                 raise
         except BadRequest as exc:
@@ -191,8 +192,8 @@ class HttpApi:
         if leader is None or leader == self.member.id:
             raise Unavailable("no leader yet")
         body = await request.read()
-        headers = {k: v for k, v in request.headers.items()
-                   if k in (REQUEST_ID_HEADER, "Content-Type", "Authorization")}
+        passed = {REQUEST_ID_HEADER.lower(), "content-type", "authorization"}
+        headers = {k: v for k, v in request.headers.items() if k.lower() in passed}
         headers[FORWARDED_HEADER] = self.member.id
         timeout = 30.0
         with_wait = _wait_hint(body)
@@ -335,9 +336,8 @@ class HttpApi:
         """Poison a handle."""
         if (fwd := await self._leader_only(request)) is not None:
             return fwd
-        await self.service.write(Poison(now_ms=0, session=request.match_info["session"],
-                                        handle=request.match_info["handle"],
-                                        request_id=self._request_id(request)))
+        await self.service.poison(request.match_info["session"], request.match_info["handle"],
+                                  self._request_id(request))
         return web.Response(status=204)
 
     async def get_contents(self, request: web.Request) -> web.StreamResponse:
@@ -511,7 +511,7 @@ class HttpApi:
 
     async def readyz(self, request: web.Request) -> web.StreamResponse:
         """Readiness: in the configuration, a leader known, caught up."""
-        ready, reason = self.member.readiness()
+        ready, reason = await self.member.confirm_ready()
         return web.json_response({"ready": ready, "reason": reason, "id": self.member.id},
                                  status=200 if ready else 503)
 

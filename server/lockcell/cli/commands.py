@@ -166,7 +166,7 @@ def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--id", help="this candidate's identity (required)")
     _lock_options(p)
 
-    p = sub.add_parser("cluster", help="cell status and membership", parents=[common],
+    p = sub.add_parser("cluster", help="cell status and membership",
                        epilog=EPILOG, formatter_class=fmt,
                        description="Cell status and membership changes (the latter need "
                                    "the admin token).")

@@ -61,6 +61,16 @@ ACQUIRE_CHUNK_MS = 60_000
 """A blocking Acquire without a bound waits in calls of at most this long."""
 
 
+def lease_clock() -> float:
+    """The clock of local leases: ``CLOCK_BOOTTIME`` where there is one (it keeps
+    counting while the machine is suspended, unlike ``CLOCK_MONOTONIC`` on Linux), else
+    the monotonic clock."""
+    return time.clock_gettime(_LEASE_CLOCK) if _LEASE_CLOCK is not None else time.monotonic()
+
+
+_LEASE_CLOCK: int | None = getattr(time, "CLOCK_BOOTTIME", None)
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -269,7 +279,7 @@ class AsyncCell:
         ``grace_ms`` overrides the grace period the cell announces; ``drift`` is the
         clock-rate allowance ε of the local lease.
         """
-        sent = time.monotonic()
+        sent = lease_clock()
         body = await self.call(core.req_create_session(lease_ms))
         grant = core.parse_session_grant(body)
         session = AsyncSession(self, grant, sent, drift=drift, grace_ms=grace_ms)
@@ -294,8 +304,19 @@ class AsyncCell:
         return bool(isinstance(body, dict) and body.get("valid"))
 
     async def cluster(self) -> ClusterView:
-        """The leader's view of the cell (``GET /v1/cluster``)."""
-        return ClusterView.from_json(await self.call(core.req_cluster()))
+        """The leader's view of the cell (``GET /v1/cluster``; a member that does not lead
+        answers with its own view, so the leader is asked next when it is known)."""
+        view = ClusterView.from_json(await self.call(core.req_cluster()))
+        if view.self_id is None or view.self_id == view.leader or not view.leader_url:
+            return view
+        try:
+            answer = await self.send(core.normalize_endpoint(view.leader_url),
+                                     core.req_cluster(), timeout=self.retry_timeout)
+        except _TRANSPORT_ERRORS:
+            return view
+        if answer.status != 200:
+            return view
+        return ClusterView.from_json(answer.body)
 
     async def add_member(self, member_id: str, url: str, peer_url: str) -> ClusterView:
         """Add a learner (admin token required)."""
@@ -334,7 +355,7 @@ class AsyncSession:
     def __init__(self, cell: AsyncCell, grant: SessionGrant, sent_at: float, *,
                  drift: float = core.DEFAULT_DRIFT, grace_ms: int | None = None) -> None:
         self.cell = cell
-        self.core = SessionCore(grant, sent_at, clock=time.monotonic, drift=drift,
+        self.core = SessionCore(grant, sent_at, clock=lease_clock, drift=drift,
                                 grace_ms=grace_ms)
         self._handles: dict[str, AsyncHandle] = {}
         self._health_callbacks: dict[Health, list[HealthCallback]] = {
@@ -356,7 +377,7 @@ class AsyncSession:
     @property
     def health(self) -> Health:
         """Current health (time-based transitions are applied on read)."""
-        self._emit(self.core.poll(time.monotonic()))
+        self._emit(self.core.poll(lease_clock()))
         return self.core.health
 
     @property
@@ -499,7 +520,7 @@ class AsyncSession:
 
     async def _watch_lease_forever(self) -> None:
         while self.core.alive:
-            now = time.monotonic()
+            now = lease_clock()
             self._emit(self.core.poll(now))
             wake = self.core.next_wakeup()
             if wake is None:
@@ -512,7 +533,7 @@ class AsyncSession:
         endpoints = self.cell.endpoints
         failures = 0
         while True:
-            now = time.monotonic()
+            now = lease_clock()
             self._emit(self.core.poll(now))
             if not self.core.alive:
                 return
@@ -520,11 +541,11 @@ class AsyncSession:
             target = await self.cell.target()
             if target is None:  # members answer, none names a live leader: wait a bit
                 failures += 1
-                self._emit(self.core.on_keepalive_failure(time.monotonic()))
+                self._emit(self.core.on_keepalive_failure(lease_clock()))
                 await self._pause(core.backoff_delay(failures, self.cell.rng, cap=0.5))
                 continue
             url = target
-            sent = time.monotonic()
+            sent = lease_clock()
             attempt: asyncio.Future[Answer] = asyncio.ensure_future(self.cell.send(
                 url, core.req_keepalive(self.id, plan.wait_ms, plan.ack), timeout=plan.timeout))
             if plan.wait_ms > 0:
@@ -535,7 +556,7 @@ class AsyncSession:
                 self._inflight_poll = None
                 if not attempt.done():
                     attempt.cancel()
-            now = time.monotonic()
+            now = lease_clock()
             answer: Answer | None = None
             if not attempt.cancelled() and attempt.exception() is None:
                 answer = attempt.result()
@@ -627,7 +648,7 @@ class AsyncSession:
                                         retry_for=retry_for)
         except SessionExpired as exc:
             if self.core.alive:
-                self._emit(self.core.on_session_gone(time.monotonic(), str(exc)))
+                self._emit(self.core.on_session_gone(lease_clock(), str(exc)))
             raise
         except HandleInvalid as exc:
             if handle is not None:

@@ -26,6 +26,7 @@ from lockcell.statemachine.commands import (
     ExpireSession,
     Grant,
     GrantLocks,
+    Poison,
     Release,
     Tick,
 )
@@ -81,6 +82,7 @@ class _SessionMemory:
     events: list[JsonDict] = field(default_factory=list)
     next_seq: int = 1
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    expiring: asyncio.Future[bool] | None = None
 
 
 @dataclass
@@ -236,11 +238,17 @@ class CellService:
         now = time.monotonic()
         self._sessions = {}
         for info in self.state.live_sessions():
-            memory = _SessionMemory(info.lease_ms, now + info.lease_ms / 1000.0)
+            memory = self._new_memory(info.lease_ms, now + info.lease_ms / 1000.0)
             self._sessions[info.session] = memory
             self._queue_event(info.session, {"type": EventType.MASTER_FAILOVER.value,
                                              "handle": "", "path": ""})
         log.info("serving as leader with %d sessions", len(self._sessions))
+
+    def _new_memory(self, lease_ms: int, deadline: float) -> _SessionMemory:
+        """Leader memory for a session. Event numbers start above anything an earlier
+        leader can have issued (its term was lower), so a client's ``ack`` of an old
+        leader's number never drops this leader's events (``master_failover`` first)."""
+        return _SessionMemory(lease_ms, deadline, next_seq=(self._driver.core.term << 32) + 1)
 
     def _drop_leader_memory(self, exc: Exception) -> None:
         for memory in self._sessions.values():
@@ -269,7 +277,7 @@ class CellService:
             self._queue_event(event.session, event.event)
         for effect in result.effects:
             if isinstance(effect, SessionStarted):
-                self._sessions[effect.session] = _SessionMemory(
+                self._sessions[effect.session] = self._new_memory(
                     effect.lease_ms, time.monotonic() + effect.lease_ms / 1000.0
                 )
             elif isinstance(effect, SessionEnded):
@@ -375,6 +383,11 @@ class CellService:
             raise Unavailable("not serving", self._driver.leader_id)
         received = time.monotonic()
         memory = self._session_memory(session)
+        if memory.expiring is None and received > memory.deadline:
+            self._start_expiry(session, memory)  # too late: the lease has run out
+        if memory.expiring is not None:
+            await asyncio.shield(memory.expiring)
+            memory = self._session_memory(session)  # 410 once the expiry applied
         self.counters["keepalives"] += 1
         if ack is not None:
             memory.events = [e for e in memory.events if int(e["seq"]) > ack]
@@ -423,23 +436,37 @@ class CellService:
                 for memory in self._sessions.values():
                     memory.deadline = max(memory.deadline, now + memory.lease_ms / 1000.0)
                 continue
-            expired = [s for s, m in self._sessions.items() if m.deadline < now]
-            for session in expired:
-                self._sessions[session].deadline = now + 1.0  # retry later if the proposal fails
-                asyncio.get_running_loop().create_task(self._expire(session))
+            for session, memory in list(self._sessions.items()):
+                if memory.deadline < now and memory.expiring is None:
+                    self._start_expiry(session, memory)
 
     async def _tick_state(self) -> None:
         with contextlib.suppress(Unavailable):
             await self._propose(Tick(now_ms=0))
 
-    async def _expire(self, session: str) -> None:
-        try:
-            result = await self._propose(ExpireSession(now_ms=0, session=session))
-        except Unavailable:
-            return
-        if result.ok:
-            self.counters["sessions_expired"] += 1
-            log.info("session %s expired", session[:8])
+    def _start_expiry(self, session: str, memory: _SessionMemory) -> None:
+        """Propose ExpireSession; KeepAlives arriving meanwhile wait for its outcome."""
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        memory.expiring = done
+
+        async def run() -> None:
+            expired = False
+            try:
+                result = await self._propose(ExpireSession(now_ms=0, session=session))
+                expired = result.ok
+            except Unavailable:
+                pass
+            finally:
+                if expired:
+                    self.counters["sessions_expired"] += 1
+                    log.info("session %s expired", session[:8])
+                else:
+                    memory.expiring = None
+                    memory.deadline = time.monotonic() + 1.0  # retry if still serving
+                if not done.done():
+                    done.set_result(expired)
+
+        asyncio.get_running_loop().create_task(run())
 
     # ------------------------------------------------------------------ locks
 
@@ -447,12 +474,28 @@ class CellService:
                       request_id: str | None) -> JsonDict:
         """Acquire/TryAcquire: grant now, or queue at the leader for up to ``wait_ms``."""
         deadline = time.monotonic() + wait_ms / 1000.0
-        result = await self._propose(Acquire(now_ms=0, session=session, handle=handle,
-                                             mode=mode, request_id=request_id))
-        if result.error is None:
-            assert result.value is not None
-            return result.value
-        failure = result.error
+        info = self.state.describe_handle(handle)
+        queued = (
+            info is not None and info.session == session and info.valid
+            and info.lock_mode is None and self.waiters_on(info.path) > 0
+        )
+        if queued:
+            # FIFO: earlier waiters go first, so this call neither proposes nor overtakes.
+            assert info is not None
+            lock = self.state.lock_info(info.path)
+            delayed_until = lock.lock_delay_until_ms if lock is not None else 0
+            if lock is not None and lock.mode is None and delayed_until > time.time() * 1000:
+                failure = Failure(ErrorCode.LOCK_DELAY, "lock-delay after an expired holder",
+                                  delayed_until)
+            else:
+                failure = Failure(ErrorCode.LOCK_BUSY, "lock held, with earlier waiters queued")
+        else:
+            result = await self._propose(Acquire(now_ms=0, session=session, handle=handle,
+                                                 mode=mode, request_id=request_id))
+            if result.error is None:
+                assert result.value is not None
+                return result.value
+            failure = result.error
         if wait_ms <= 0 or failure.code not in (ErrorCode.LOCK_BUSY, ErrorCode.LOCK_DELAY):
             raise CallFailed(failure)
         if failure.code is ErrorCode.LOCK_DELAY:
@@ -572,6 +615,12 @@ class CellService:
         await self.write(Release(now_ms=0, session=session, handle=handle,
                                  generation=generation, request_id=request_id,
                                  grant_next=grants))
+
+    async def poison(self, session: str, handle: str, request_id: str | None) -> None:
+        """Poison: later calls on the handle fail, and so does its queued Acquire."""
+        await self.write(Poison(now_ms=0, session=session, handle=handle,
+                                request_id=request_id))
+        self._fail_waiters(_fail(ErrorCode.HANDLE_INVALID, "handle poisoned"), handle=handle)
 
     async def close(self, session: str, handle: str, request_id: str | None) -> None:
         """Close: releases the handle's lock (granting to waiters in the same entry)."""

@@ -28,6 +28,7 @@ from lockcell.raft.types import (
     EntryKind,
     HardState,
     Message,
+    MessageType,
     NodeId,
     Ready,
     Role,
@@ -35,6 +36,9 @@ from lockcell.raft.types import (
 from lockcell.storage.store import RaftStorage
 
 log = logging.getLogger("lockcell.node")
+
+
+_FROM_LEADER = frozenset({MessageType.APPEND, MessageType.HEARTBEAT, MessageType.SNAPSHOT})
 
 
 class Unavailable(Exception):
@@ -154,6 +158,8 @@ class RaftDriver:
         self._stopped = False
         self._unsaved_hard_state: HardState | None = None
         self.last_stamp_ms = 0
+        self.last_leader_contact = 0.0
+        """Monotonic time a message from the current leader was last processed."""
         self.leader_since: float | None = None
         self.metrics_hook: Callable[[str, float], None] | None = None
 
@@ -274,6 +280,14 @@ class RaftDriver:
             self.config.lease_margin_ms / 1000.0
         )
 
+    def in_contact_with_leader(self) -> bool:
+        """Whether this member leads, or heard from its leader within an election timeout
+        of wall time (ticks do not advance while the process is stopped)."""
+        if self.core.role is Role.LEADER:
+            return True
+        span = self.config.election_ticks * self.config.tick_ms / 1000.0
+        return time.monotonic() - self.last_leader_contact < span
+
     def holds_lease(self) -> bool:
         """Whether the leader lease is valid now."""
         deadline = self.lease_deadline()
@@ -325,6 +339,8 @@ class RaftDriver:
             inbox, self._inbox = self._inbox, []
             for m in inbox:
                 core.step(m)
+                if m.type in _FROM_LEADER and m.sender == core.leader:
+                    self.last_leader_contact = time.monotonic()
         if self._actions:
             actions, self._actions = self._actions, []
             for action in actions:

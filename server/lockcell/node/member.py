@@ -205,6 +205,18 @@ class Member:
                      "role": status.role.value},
         }
 
+    async def confirm_ready(self, timeout: float = 1.0) -> tuple[bool, str]:
+        """Readiness confirmed with the leader: a ReadIndex round trip tells what it has
+        committed right now, and this member is ready once it has applied that much."""
+        ready, reason = self.readiness()
+        if not ready:
+            return ready, reason
+        try:
+            await asyncio.wait_for(self.driver.linearizable_read(), timeout)
+        except (TimeoutError, Unavailable) as exc:
+            return False, f"not caught up with the leader ({exc or 'timeout'})"
+        return True, "ok"
+
     def readiness(self) -> tuple[bool, str]:
         """Ready: in the configuration, a leader known, and applied what it committed."""
         core = self.driver.core
@@ -212,8 +224,11 @@ class Member:
             return False, "not a member of the configuration yet"
         if core.leader is None:
             return False, "no leader known"
-        if core.log.applied < core.log.committed:
-            return False, f"applying ({core.log.applied}/{core.log.committed})"
+        if not self.driver.in_contact_with_leader():
+            return False, "no recent word from the leader"
+        target = max(core.log.committed, core.leader_commit)
+        if core.log.applied < target:
+            return False, f"catching up (applied {core.log.applied} of {target})"
         if core.role is Role.LEADER and not self.service.serving:
             return False, "leader committing its first entry"
         return True, "ok"

@@ -151,6 +151,8 @@ class Raft:
         self.term = hard_state.term
         self.vote = hard_state.vote
         self.leader: NodeId | None = None
+        self.leader_commit = 0
+        """The highest commit index a leader of this term has told us (readiness checks)."""
         self.role = Role.FOLLOWER
         self.conf = snapshot.meta.conf
         self._conf_applied_index = snapshot.meta.index
@@ -460,10 +462,12 @@ class Raft:
         if t is MessageType.APPEND:
             self._election_elapsed = 0
             self.leader = m.sender
+            self.leader_commit = max(self.leader_commit, m.leader_commit)
             self._handle_append(m)
         elif t is MessageType.HEARTBEAT:
             self._election_elapsed = 0
             self.leader = m.sender
+            self.leader_commit = max(self.leader_commit, m.leader_commit)
             self._handle_heartbeat(m)
         elif t is MessageType.SNAPSHOT:
             self._election_elapsed = 0
@@ -703,7 +707,8 @@ class Raft:
             return False
         commit = self.log.committed
         self._send(Message(MessageType.APPEND, to=to, sender=self.id, index=prev_index,
-                           log_term=prev_term, entries=tuple(entries), commit=commit))
+                           log_term=prev_term, entries=tuple(entries), commit=commit,
+                           leader_commit=commit))
         self._commit_sent[to] = commit
         pr.sent_entries(entries[-1].index if entries else prev_index)
         return True
@@ -743,7 +748,7 @@ class Raft:
                 continue
             commit = min(pr.match, self.log.committed)
             self._send(Message(MessageType.HEARTBEAT, to=node, sender=self.id, commit=commit,
-                               index=self._round))
+                               index=self._round, leader_commit=self.log.committed))
 
     def _append_own(self, kind: EntryKind, data: bytes) -> int:
         index = self.log.last_index() + 1
@@ -861,6 +866,7 @@ class Raft:
         if term != self.term:
             self.term = term
             self.vote = None
+            self.leader_commit = 0
         self.leader = None
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0

@@ -195,6 +195,9 @@ class Message:
     reject_hint: int = 0
     snapshot: Snapshot | None = None
     context: bytes = b""
+    leader_commit: int = 0
+    """On APPEND and HEARTBEAT: the leader's own commit index (``commit`` may be capped at
+    what the follower is known to hold); a follower uses it to tell whether it caught up."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,8 @@ class DecodeError(ValueError):
     """Bytes that are not a well-formed peer message."""
 
 
-_HEADER = struct.Struct("<BQQQQQBI")  # type, term, log_term, index, commit, hint, reject, n
+_HEADER = struct.Struct("<BQQQQQQBI")  # type, term, log_term, index, commit, leader commit,
+# hint, reject, n
 _ENTRY = struct.Struct("<QQBI")  # term, index, kind, len(data)
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
@@ -46,8 +47,8 @@ def _put_set(out: list[bytes], items: frozenset[str]) -> None:
 def encode_message(m: Message, out: list[bytes]) -> None:
     """Append the encoding of ``m`` to ``out`` (joined by the caller, one write per batch)."""
     out.append(
-        _HEADER.pack(m.type, m.term, m.log_term, m.index, m.commit, m.reject_hint,
-                     1 if m.reject else 0, len(m.entries))
+        _HEADER.pack(m.type, m.term, m.log_term, m.index, m.commit, m.leader_commit,
+                     m.reject_hint, 1 if m.reject else 0, len(m.entries))
     )
     _put_str(out, m.to)
     _put_str(out, m.sender)
@@ -115,7 +116,7 @@ class _Reader:
 
 
 def _decode_one(r: _Reader) -> Message:
-    mtype, term, log_term, index, commit, hint, reject, count = r.unpack(_HEADER)
+    mtype, term, log_term, index, commit, leader_commit, hint, reject, count = r.unpack(_HEADER)
     try:
         kind = MessageType(mtype)
     except ValueError as exc:
@@ -141,7 +142,8 @@ def _decode_one(r: _Reader) -> Message:
         raise DecodeError(f"bad snapshot flag at byte {r.pos - 1}")
     return Message(kind, to=to, sender=sender, term=term, log_term=log_term, index=index,
                    entries=tuple(entries), commit=commit, reject=bool(reject),
-                   reject_hint=hint, snapshot=snapshot, context=context)
+                   reject_hint=hint, snapshot=snapshot, context=context,
+                   leader_commit=leader_commit)
 
 
 def decode_messages(buf: bytes) -> list[Message]:

@@ -230,6 +230,7 @@ class PeerTransport:
             except (TimeoutError, OSError, PeerUnavailableError, DecodeError) as exc:
                 log.debug("cannot reach %s at %s: %s", link.peer, link.address, exc)
                 self._drop_queue(link)
+                self._fail_pending(link)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
                 if not link.queue and not link.forwards:
