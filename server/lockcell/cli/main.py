@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 from lockcell.cli.commands import add_client_commands, run_client_command
-from lockcell.node.member import MemberConfig
 
 
 def _env(name: str, default: str = "") -> str:
@@ -100,6 +99,8 @@ def run_serve(args: argparse.Namespace) -> int:
         print("lockcell: LOCKCELL_PEER_SECRET is not set; using the development secret",
               file=sys.stderr)
         peer_secret = "lockcell-dev-peer-secret"
+    from lockcell.node.member import MemberConfig
+
     config = MemberConfig(
         cell=args.cell, data_dir=Path(args.data_dir), name_hint=args.name,
         client_host=client_host, client_port=client_port, peer_host=peer_host,
