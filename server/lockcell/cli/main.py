@@ -112,7 +112,12 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     from lockcell.api.server import serve
 
-    asyncio.run(serve(config))
+    if _env("EVENT_LOOP", "uvloop") == "uvloop":
+        import uvloop
+
+        uvloop.run(serve(config))
+    else:
+        asyncio.run(serve(config))
     return 0
 
 
