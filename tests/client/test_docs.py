@@ -1,4 +1,4 @@
-"""Runs every ```python and ```sh example of docs/client.md against a real cell."""
+"""Runs every ```python and ```sh example of docs/client.md and README.md against a real cell."""
 
 from __future__ import annotations
 
@@ -14,11 +14,17 @@ from lockcell.cli.localcell import LocalCell
 from .support import ROOT, cli_env
 
 DOC = ROOT / "docs" / "client.md"
+README = ROOT / "README.md"
 BLOCK = re.compile(r"^```(python|sh)\n(.*?)^```", re.S | re.M)
 
 
-def blocks() -> list[tuple[str, str]]:
-    return [(m.group(1), m.group(2)) for m in BLOCK.finditer(DOC.read_text())]
+def blocks(doc: Path = DOC) -> list[tuple[str, str]]:
+    return [(m.group(1), m.group(2)) for m in BLOCK.finditer(doc.read_text())]
+
+
+def test_the_readme_has_runnable_examples() -> None:
+    kinds = [kind for kind, _ in blocks(README)]
+    assert kinds.count("python") >= 1 and kinds.count("sh") >= 2
 
 
 def test_the_doc_has_examples() -> None:
@@ -26,9 +32,14 @@ def test_the_doc_has_examples() -> None:
     assert kinds.count("python") >= 5 and kinds.count("sh") >= 4
 
 
-@pytest.mark.parametrize("index", range(len(blocks())))
-def test_doc_example(cell: LocalCell, tmp_path: Path, index: int) -> None:
-    kind, code = blocks()[index]
+EXAMPLES = [(DOC, i) for i in range(len(blocks(DOC)))] + [
+    (README, i) for i in range(len(blocks(README)))]
+
+
+@pytest.mark.parametrize(("doc", "index"), EXAMPLES,
+                         ids=[f"{d.name}-{i}" for d, i in EXAMPLES])
+def test_doc_example(cell: LocalCell, tmp_path: Path, doc: Path, index: int) -> None:
+    kind, code = blocks(doc)[index]
     if kind == "python":
         argv = [sys.executable, "-c", code]
     else:
