@@ -520,3 +520,17 @@ def start_joining(cell: LocalCell, member: LocalMember) -> None:
         cell.start_member(member)
     finally:
         del cell.command
+
+
+def metric(api: Api, family: str) -> float:
+    """The value of a label-free metric of the member behind ``api`` (counter or gauge)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = expect(api("GET", "/metrics"), 200).raw.decode()
+    for fam in text_string_to_metric_families(text):
+        if fam.name == family:
+            values = [s.value for s in fam.samples
+                      if s.name in (family, f"{family}_total") and not s.labels]
+            assert values, f"{family} has no label-free sample"
+            return float(values[0])
+    raise AssertionError(f"{family} missing from /metrics")

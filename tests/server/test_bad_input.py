@@ -4,7 +4,6 @@ handle_invalid 410, too_large 413)."""
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +12,17 @@ import pytest
 
 from lockcell.cli.localcell import LocalCell
 
-from .kit import MAX_CONTENTS, NO_BODY, Api, b64, dump_tree, expect, serving_leader, uniq
+from .kit import (
+    MAX_CONTENTS,
+    NO_BODY,
+    Api,
+    b64,
+    dump_tree,
+    expect,
+    metric,
+    serving_leader,
+    uniq,
+)
 
 CELL_OPTIONS = {"lease_ms": 12000}
 ROOT = "/ls/local"
@@ -213,10 +222,7 @@ def _fill_body(body: Any, world: World, unknown: str) -> Any:
 
 
 def _sessions(api: Api) -> float:
-    text = expect(api("GET", "/metrics"), 200).raw.decode()
-    match = re.search(r"^lockcell_sessions (\S+)$", text, re.M)
-    assert match
-    return float(match.group(1))
+    return metric(api, "lockcell_sessions")
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

@@ -27,6 +27,7 @@ from .kit import (
     request,
     rid,
     serving_leader,
+    unb64,
     uniq,
     view,
     wait_until,
@@ -210,6 +211,12 @@ class Failover:
     sequencer_valid: Reply
     waiter_first: Reply               # S5's blocking Acquire (through a follower) at the kill
     waiter_granted: Reply             # S5's Acquire re-queued at the new leader, granted
+    delay_until: int                  # lock-delay armed (S7 expired) before the kill
+    delay_try: Reply                  # S8's TryAcquire at the new leader ...
+    delay_try_sent_ms: float          # ... sent at this wall-clock time
+    delay_granted: Reply              # S8's blocking Acquire at the new leader ...
+    delay_granted_ms: float           # ... answered at this wall-clock time
+    fresh_events: Reply               # a session created after the failover: its KeepAlive
 
 
 @pytest.fixture(scope="module")
@@ -251,6 +258,15 @@ def failover(cell: LocalCell) -> Failover:
     waiter = background(Api(follower.url, retry=0).acquire, s5, h5, "exclusive", 30000)
     wait_until(lambda: api.stat_of(s4, h4)["lock"]["waiters"] == 1, 10,
                message="S5's Acquire to queue")
+    # S7 expires holding a lock with a long lock-delay; S8 will want that lock
+    s7 = api.session(1000)
+    h7 = api.handle(s7, f"{d}/delayed", "file", lock_delay_ms=7000)
+    expect(api.acquire(s7, h7), 200)
+    s8 = api.session(60000)
+    h8 = api.handle(s8, f"{d}/delayed")
+    wait_until(lambda: api.stat(s7, h7).status == 410, 15, message="S7 to expire")
+    delay_until = int(api.stat_of(s8, h8)["lock"]["lock_delay_until_ms"])
+    assert delay_until > time.time() * 1000 + 4000, "lock-delay not armed by the expiry"
     expect(api.keepalive(s1, wait_ms=0), 200)
     renewed = time.monotonic()
     kill(leader, signal.SIGKILL)
@@ -276,9 +292,16 @@ def failover(cell: LocalCell) -> Failover:
                message="S5's Acquire to re-queue")
     expect(napi.release(s4, h4), 204)
     waiter_granted = again.result(60)
+    fresh_events = napi.keepalive(napi.session(), wait_ms=0)
+    delay_try_sent_ms = time.time() * 1000
+    delay_try = napi.acquire(s8, h8, retry=0)
+    delay_granted = napi.acquire(s8, h8, wait_ms=30000, retry=0)
+    delay_granted_ms = time.time() * 1000
     return Failover(leader, new, lease_ms, keepalive_after, stat_after, ack_keepalive,
                     acked_seq, retried, first, generation_after, retried_open, first_open,
-                    lock_holder_stat, sequencer_valid, waiter_first, waiter_granted)
+                    lock_holder_stat, sequencer_valid, waiter_first, waiter_granted,
+                    delay_until, delay_try, delay_try_sent_ms, delay_granted,
+                    delay_granted_ms, fresh_events)
 
 
 def test_sessions_get_a_fresh_lease_from_a_new_leader(failover: Failover) -> None:
@@ -292,6 +315,16 @@ def test_every_session_gets_master_failover(failover: Failover) -> None:
     events = expect(failover.keepalive_after, 200).body["events"]
     kinds = [e["type"] for e in events]
     assert kinds.count("master_failover") == 1, events
+    # ... but not one created after the failover
+    assert expect(failover.fresh_events, 200).body["events"] == []
+
+
+def test_lock_delay_outlives_the_leader_that_armed_it(failover: Failover) -> None:
+    if failover.delay_try_sent_ms < failover.delay_until - 500:
+        expect(failover.delay_try, 409, "lock_delay")
+        assert failover.delay_try.body["error"]["lock_delay_until_ms"] == failover.delay_until
+    expect(failover.delay_granted, 200)
+    assert failover.delay_granted_ms >= failover.delay_until - 50
 
 
 def test_event_seq_keeps_increasing_across_a_failover(failover: Failover) -> None:
@@ -401,3 +434,39 @@ def test_all_members_serve_after_the_failovers(cell: LocalCell) -> None:
     """Every member answers /healthz again after the failovers above (nothing leaked)."""
     for member in cell.members:
         expect(request(member.url, "GET", "/healthz"), 200)
+
+
+def test_a_paused_old_leader_never_serves_stale_data(cell: LocalCell) -> None:
+    leader = serving_leader(cell)
+    api = Api(leader.url)
+    s = api.session(60000)
+    h = api.handle(s, f"{ROOT}/{uniq('stale')}", "file", data=b"old")
+    assert leader.process is not None
+    kill(leader, signal.SIGSTOP)
+    try:
+        new = serving_leader(cell, exclude=leader)
+        expect(Api(new.url).set(s, h, b"new"), 200)
+    finally:
+        leader.process.send_signal(signal.SIGCONT)
+    # right after it resumes, and for a while, it must never answer the old contents
+    answers: list[Reply] = []
+    write: Reply | None = None
+    until = time.monotonic() + 3.0
+    while time.monotonic() < until:
+        try:
+            answers.append(request(leader.url, "GET", f"/v1/sessions/{s}/handles/{h}",
+                                   timeout=5))
+            if write is None:
+                write = Api(leader.url, retry=0).set(s, h, b"through the old leader")
+        except (OSError, http.client.HTTPException):
+            continue
+        time.sleep(0.02)
+    stale = [r for r in answers if r.status == 200 and unb64(r.body["data"]) == b"old"]
+    assert not stale, f"stale reads from the resumed old leader: {stale[:2]}"
+    assert any(r.status == 200 for r in answers), answers[-3:]
+    # a write through it counts only if it was really committed
+    final = Api(serving_leader(cell).url).contents(s, h)
+    if write is not None and write.status == 200:
+        assert final == b"through the old leader"
+    else:
+        assert final in (b"new", b"through the old leader")

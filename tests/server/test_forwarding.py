@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from lockcell.cli.localcell import LocalCell, LocalMember
+from lockcell.cli.localcell import LocalCell
 
 from .kit import (
     LEADER_HEADER,
@@ -131,22 +131,18 @@ def test_a_follower_answers_every_call_like_the_leader(cell: LocalCell) -> None:
         assert on_follower == on_leader
 
 
-def _every_member(cell: LocalCell) -> list[LocalMember]:
-    return list(cell.members)
-
-
 @pytest.mark.parametrize("route", ["/v1/cluster", "/healthz", "/readyz", "/metrics",
                                    "/v1/openapi.json", "/v1/no-such-route"])
 def test_every_answer_names_the_leader(cell: LocalCell, route: str) -> None:
     leader = serving_leader(cell)
-    for member in _every_member(cell):
+    for member in cell.members:
         reply = request(member.url, "GET", route)
         assert reply.header(LEADER_HEADER) == leader.url, (member.url, reply.headers)
 
 
 def test_errors_of_forwarded_calls_name_the_leader(cell: LocalCell) -> None:
     leader = serving_leader(cell)
-    for member in _every_member(cell):
+    for member in cell.members:
         reply = request(member.url, "POST", "/v1/sessions", raw=b"{")
         expect(reply, 400, "invalid_argument")
         assert reply.header(LEADER_HEADER) == leader.url
@@ -169,3 +165,29 @@ def test_a_retried_write_through_a_follower_is_applied_once(cell: LocalCell,
     second = expect(follower.set(s, h, b"once", headers={spelling: key}), 200)
     assert leader_api.stat_of(s, h)["content_generation"] == gen + 1
     assert second.body == first.body
+
+
+def test_a_write_retried_at_each_member_in_turn_is_applied_once(cell: LocalCell) -> None:
+    """The request-id table is replicated state: where the retry lands does not matter."""
+    leader = serving_leader(cell)
+    leader_api = Api(leader.url)
+    s = leader_api.session()
+    h = leader_api.handle(s, f"{ROOT}/{uniq()}", "file")
+    gen = leader_api.stat_of(s, h)["content_generation"]
+    key = uuid.uuid4().hex
+    answers = [expect(Api(member.url, retry=0).set(s, h, b"once",
+                                                   headers={"X-Request-Id": key}), 200)
+               for member in [leader, *followers(cell, leader), leader]]
+    assert all(a.body == answers[0].body for a in answers)
+    assert leader_api.stat_of(s, h)["content_generation"] == gen + 1
+
+
+def test_admin_token_is_forwarded_whatever_the_header_spelling(cell: LocalCell) -> None:
+    leader = serving_leader(cell)
+    leader_id = str(expect(request(leader.url, "GET", "/v1/cluster"), 200).body["leader"])
+    for follower in followers(cell, leader):
+        for name in ("Authorization", "authorization", "AUTHORIZATION"):
+            reply = request(follower.url, "POST", "/v1/cluster/leader", {"to": leader_id},
+                            headers={name: f"Bearer {cell.admin_token}"}, timeout=30)
+            expect(reply, 200)
+            assert reply.body["leader"] == leader_id

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 
@@ -504,3 +505,103 @@ def test_directories_are_locks_too(api: Api) -> None:
     api.handle(b, f"{d}/child", "file")
     expect(api.release(a, ha, got["lock_generation"]), 204)
     expect(api.acquire(b, hb, "shared"), 200)
+
+
+def test_queued_acquires_fail_when_their_session_closes_or_the_node_goes(api: Api,
+                                                                       path: str) -> None:
+    a, ha = holder(api, path)
+    expect(api.acquire(a, ha), 200)
+    b, _hb, b_wait = queue_waiter(api, path)
+    c, _hc, c_wait = queue_waiter(api, path)
+    # the waiters are visible in the stat of the node, also in its directory's listing
+    root = api.handle(a, ROOT)
+    name = path.rsplit("/", 1)[1]
+    listed = {e["name"]: e["stat"] for e in
+              expect(api.readdir(a, root), 200).body["children"]}
+    assert listed[name]["lock"]["waiters"] == 2
+    started = time.monotonic()
+    expect(api.close_session(b), 204)
+    cancelled = b_wait.result(30)
+    assert cancelled.status in (404, 410), cancelled
+    assert time.monotonic() - started < 3.0
+    assert waiters(api, path) == 1
+    # deleting the node fails its remaining waiters at once: their handles are invalid
+    started = time.monotonic()
+    expect(api.delete(a, ha), 204)
+    expect(c_wait.result(30), 410, "handle_invalid")
+    assert time.monotonic() - started < 3.0
+    expect(api.close_session(c), 204)
+
+
+def test_many_sessions_expiring_together_release_everything(api: Api) -> None:
+    base = f"{ROOT}/{uniq('mass')}"
+    keeper = api.session()
+    api.mkdir(keeper, base)
+    dying = []
+    for i in range(20):
+        s = api.session(1000)
+        h = api.handle(s, f"{base}/lock{i}", "file", lock_delay_ms=0)
+        expect(api.acquire(s, h, "exclusive" if i % 2 else "shared"), 200)
+        api.handle(s, f"{base}/eph{i}", "file", ephemeral=True)
+        dying.append((s, h))
+    wait_until(lambda: all(api.stat(s, h).status == 410 for s, h in dying), 20,
+               message="all twenty sessions to expire")
+    children = expect(api.readdir(keeper, api.handle(keeper, base)), 200).body["children"]
+    assert sorted(c["name"] for c in children) == sorted(f"lock{i}" for i in range(20))
+    for child in children:
+        assert child["stat"]["lock"] == {"mode": None, "holders": 0, "waiters": 0,
+                                         "lock_delay_until_ms": 0}, child
+    h = api.handle(keeper, f"{base}/lock7")
+    expect(api.acquire(keeper, h), 200)
+
+
+def test_contended_lock_keeps_mutual_exclusion_and_fresh_generations(api: Api,
+                                                                     path: str) -> None:
+    """Writers and readers hammer one lock with blocking Acquires."""
+    setup = api.session()
+    counter = f"{path}-counter"
+    api.handle(setup, counter, "file", data=b"0")
+    generations: list[int] = []
+    torn: list[tuple[bytes, bytes]] = []
+    lock = threading.Lock()
+
+    def writer(rounds: int) -> None:
+        s = api.session()
+        h = api.handle(s, path)
+        c = api.handle(s, counter)
+        for _ in range(rounds):
+            got = expect(api.acquire(s, h, "exclusive", 20000, retry=0), 200).body
+            value = int(api.contents(s, c))
+            time.sleep(0.005)
+            expect(api.set(s, c, str(value + 1).encode()), 200)
+            with lock:
+                generations.append(got["lock_generation"])
+            expect(api.release(s, h, got["lock_generation"]), 204)
+        expect(api.close_session(s), 204)
+
+    def reader(rounds: int) -> None:
+        s = api.session()
+        h = api.handle(s, path)
+        c = api.handle(s, counter)
+        for _ in range(rounds):
+            got = expect(api.acquire(s, h, "shared", 20000, retry=0), 200).body
+            first = api.contents(s, c)
+            time.sleep(0.005)
+            second = api.contents(s, c)
+            if first != second:
+                with lock:
+                    torn.append((first, second))
+            expect(api.release(s, h, got["lock_generation"]), 204)
+        expect(api.close_session(s), 204)
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        futures = [pool.submit(writer, 5) for _ in range(6)]
+        futures += [pool.submit(reader, 5) for _ in range(4)]
+        for future in futures:
+            future.result(120)
+    assert not torn, f"a writer ran while readers held the lock: {torn[:3]}"
+    assert api.contents(setup, api.handle(setup, counter)) == b"30"
+    # every exclusive grant had its own, larger generation
+    assert len(set(generations)) == 30
+    assert lock_of(api, path) == {"mode": None, "holders": 0, "waiters": 0,
+                                  "lock_delay_until_ms": 0}

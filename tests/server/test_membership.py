@@ -90,3 +90,44 @@ def test_remove_a_member_and_let_it_rejoin_with_an_empty_disk(cell: LocalCell,
     _rejoin_with_an_empty_disk(cell, victim, victim_id)
     final = Api(serving_leader(cell).url)
     assert final.contents(s, h) == b"after removal"
+
+
+def test_transfer_leadership_to_the_best_candidate_and_back(cell: LocalCell) -> None:
+    heal(cell)
+    leader = serving_leader(cell)
+    leader_id = member_id(leader)
+    api = Api(leader.url)
+    s = api.session(60000)
+    h = api.handle(s, f"{ROOT}/{uniq('transfer')}", "file", data=b"kept")
+    moved = request(leader.url, "POST", "/v1/cluster/leader", {}, headers=_admin(cell),
+                    timeout=30)
+    expect(moved, 200)
+    new = serving_leader(cell, exclude=leader)
+    assert moved.body["leader"] == member_id(new) != leader_id
+    back = request(new.url, "POST", "/v1/cluster/leader", {"to": leader_id},
+                   headers=_admin(cell), timeout=30)
+    expect(back, 200)
+    assert back.body["leader"] == leader_id
+    assert serving_leader(cell) is leader
+    assert Api(leader.url).contents(s, h) == b"kept"
+    # a transfer to something that is not a voter is refused
+    bad = request(leader.url, "POST", "/v1/cluster/leader", {"to": "nobody"},
+                  headers=_admin(cell), timeout=30)
+    assert bad.status in (400, 404, 409), bad
+    assert serving_leader(cell) is leader
+
+
+def test_removing_the_leader_answers_once_it_has_handed_over(cell: LocalCell) -> None:
+    """Last in this module: leaves the cell with two voters."""
+    heal(cell)
+    leader = serving_leader(cell)
+    reply = request(leader.url, "DELETE", f"/v1/cluster/members/{member_id(leader)}",
+                    headers=_admin(cell), timeout=30)
+    expect(reply, 200)
+    new = serving_leader(cell, exclude=leader)
+    # the handover itself takes about an election timeout or less
+    assert reply.elapsed < 5.0, f"answered after {reply.elapsed:.1f}s"
+    # The answer is the removed member's own view: it left the configuration, so it hears
+    # from no leader any more and must not name itself (DESIGN §4: the answering member's view).
+    assert reply.body["leader"] in (None, member_id(new))
+    assert member_id(leader) not in [m["id"] for m in reply.body["members"]]

@@ -501,3 +501,17 @@ def test_request_ids_of_the_last_thousand_writes_are_remembered(api: Api, s: str
     again = expect(api.set(s, h, b"first", headers={"X-Request-Id": key}, retry=0), 200)
     assert again.body == first.body
     assert api.stat_of(s, h)["content_generation"] == generation
+
+
+def test_concurrent_retries_with_one_request_id_apply_once(api: Api, s: str, d: str) -> None:
+    h = api.handle(s, f"{d}/f", "file")
+    generation = api.stat_of(s, h)["content_generation"]
+    key = uuid.uuid4().hex
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        replies = list(pool.map(
+            lambda _: api.set(s, h, b"once", headers={"X-Request-Id": key}, retry=0),
+            range(6)))
+    for reply in replies:
+        expect(reply, 200)
+        assert reply.body == replies[0].body
+    assert api.stat_of(s, h)["content_generation"] == generation + 1

@@ -3,7 +3,6 @@ CloseSession, unknown and expired sessions (DESIGN.md §3 Sessions/Events, §4).
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 import uuid
@@ -13,7 +12,17 @@ import pytest
 
 from lockcell.cli.localcell import LocalCell
 
-from .kit import Api, Reply, background, expect, request, serving_leader, uniq, wait_until
+from .kit import (
+    Api,
+    Reply,
+    background,
+    expect,
+    metric,
+    request,
+    serving_leader,
+    uniq,
+    wait_until,
+)
 
 CELL_OPTIONS = {"lease_ms": 12000}
 ROOT = "/ls/local"
@@ -25,10 +34,7 @@ def api(cell: LocalCell) -> Api:
 
 
 def _keepalives_served(api: Api) -> float:
-    text = expect(api("GET", "/metrics"), 200).raw.decode()
-    match = re.search(r"^lockcell_keepalives (\S+)$", text, re.M)
-    assert match, "lockcell_keepalives missing from /metrics"
-    return float(match.group(1))
+    return metric(api, "lockcell_keepalives")
 
 
 def test_create_session_answer(api: Api) -> None:
@@ -298,11 +304,11 @@ def test_a_renewed_session_stays_valid_for_valid_ms(api: Api) -> None:
 
     def one(i: int) -> None:
         created = expect(api.create_session(1000, retry=0), 201)
-        started = time.monotonic() - created.elapsed / 2
+        started = time.monotonic()  # the leader started the lease before it answered
         s = created.body["session"]
         h = api.handle(s, f"{ROOT}/{uniq('race')}", "file")
-        # aim at the end of the lease, spread over 60 ms
-        while time.monotonic() < started + 1.0 + (i % 60) / 1000:
+        # aim around the end of the lease: from 10 ms before to 150 ms after it
+        while time.monotonic() < started + 0.99 + 2 * i / 1000:
             time.sleep(0.0005)
         renewed = api.keepalive(s, wait_ms=0, retry=0)
         if renewed.status != 200:
@@ -316,10 +322,56 @@ def test_a_renewed_session_stays_valid_for_valid_ms(api: Api) -> None:
         with lock:
             results.append((renewed, check))
 
-    with ThreadPoolExecutor(max_workers=60) as pool:
-        for future in [pool.submit(one, i) for i in range(60)]:
+    with ThreadPoolExecutor(max_workers=80) as pool:
+        for future in [pool.submit(one, i) for i in range(80)]:
             future.result(60)
     broken = [(r, c) for r, c in results if c.status != 200]
     assert not broken, (f"{len(broken)} of {len(results)} sessions renewed with "
                         f"valid_ms={broken[0][0].body['valid_ms']} expired right after: "
                         f"{broken[0][1]!r}")
+
+
+def test_closing_a_session_ends_its_held_long_poll(api: Api) -> None:
+    s = api.session(12000)
+    before = _keepalives_served(api)
+    poll = background(api.keepalive, s, 8000, retry=0)
+    wait_until(lambda: _keepalives_served(api) > before, 10, message="the long poll to arrive")
+    closed = time.monotonic()
+    expect(Api(api.base).close_session(s), 204)
+    reply = poll.result(30)
+    assert time.monotonic() - closed < 3.0, "the long poll outlived its session"
+    assert (reply.status, reply.code) in ((410, "session_expired"), (404, "not_found")), reply
+
+
+def test_a_closed_handle_gets_no_more_events(api: Api) -> None:
+    watcher = api.session()
+    writer = api.session()
+    path = f"{ROOT}/{uniq()}"
+    closed = api.handle(watcher, path, "file", events=["contents_modified"])
+    kept = api.handle(watcher, path, events=["contents_modified"])
+    w = api.handle(writer, path)
+    expect(api.close(watcher, closed), 204)
+    expect(api.set(writer, w, b"x"), 200)
+    events = expect(api.keepalive(watcher, wait_ms=0), 200).body["events"]
+    assert [(e["type"], e["handle"]) for e in events] == [("contents_modified", kept)]
+
+
+def test_a_session_is_valid_for_valid_ms_and_expires_after(api: Api) -> None:
+    s = api.session(2000)
+    h = api.handle(s, f"{ROOT}/{uniq()}", "file")
+    reply = expect(api.keepalive(s, wait_ms=0), 200)
+    answered = time.monotonic()
+    valid = reply.body["valid_ms"] / 1000
+    assert valid >= 1.5
+    # reads do not renew; the session must hold for (nearly) all of valid_ms ...
+    while time.monotonic() < answered + valid * 0.8:
+        expect(api.stat(s, h, retry=0), 200)
+        time.sleep(0.1)
+    # ... and then expire without KeepAlives
+    wait_until(lambda: api.stat(s, h).status == 410, 10, message="the session to expire")
+
+
+@pytest.mark.parametrize("asked", [10**10, 2**53])
+def test_a_huge_lease_is_clamped_too(api: Api, asked: int) -> None:
+    reply = expect(api.create_session(asked), 201)
+    assert reply.body["lease_ms"] == 60000

@@ -17,6 +17,7 @@ from aiohttp import web
 from multidict import CIMultiDict, MultiDict
 
 from lockcell.api.openapi import ROUTES, Route, openapi_document
+from lockcell.api.statuspage import gather_status_view, render_status_page
 from lockcell.node.cell import CallFailed, CellService
 from lockcell.node.driver import Unavailable
 from lockcell.node.member import Member
@@ -250,9 +251,9 @@ class HttpApi:
 
     def _check_admin(self, request: web.Request) -> None:
         token = self.member.config.admin_token
-        got = request.headers.get("Authorization", "")
-        expected = f"Bearer {token}"
-        if not token or not hmac.compare_digest(got.encode(), expected.encode()):
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if (not token or scheme.lower() != "bearer"
+                or not hmac.compare_digest(given.strip().encode(), token.encode())):
             raise Unauthorized()
 
     # ------------------------------------------------------------------ sessions
@@ -262,7 +263,7 @@ class HttpApi:
         if (fwd := await self._leader_only(request)) is not None:
             return fwd
         doc = _json_body(await request.read(), {"lease_ms": (int,)})
-        lease = _int_in(doc.get("lease_ms"), "lease_ms", 0, 10**9)
+        lease = _int_in(doc.get("lease_ms"), "lease_ms", 0, 2**63)  # clamped by the cell
         answer = await self.service.create_session(lease, self._request_id(request))
         return web.json_response(answer, status=201)
 
@@ -271,7 +272,7 @@ class HttpApi:
         if (fwd := await self._leader_only(request)) is not None:
             return fwd
         doc = _json_body(await request.read(), {"wait_ms": (int,), "ack": (int,)})
-        wait_ms = _int_in(doc.get("wait_ms"), "wait_ms", 0, MAX_WAIT_MS)
+        wait_ms = _capped(_int_in(doc.get("wait_ms"), "wait_ms", 0, 2**63))
         ack = _int_in(doc.get("ack"), "ack", 0, 2**63)
         answer = await self.service.keepalive(request.match_info["session"], wait_ms, ack)
         return web.json_response(answer)
@@ -406,7 +407,7 @@ class HttpApi:
             mode = LockMode(doc.get("mode", "exclusive"))
         except ValueError as exc:
             raise BadRequest("mode must be 'exclusive' or 'shared'") from exc
-        wait_ms = _int_in(doc.get("wait_ms"), "wait_ms", 0, MAX_WAIT_MS) or 0
+        wait_ms = _capped(_int_in(doc.get("wait_ms"), "wait_ms", 0, 2**63)) or 0
         value = await self.service.acquire(request.match_info["session"],
                                            request.match_info["handle"], mode, wait_ms,
                                            self._request_id(request))
@@ -520,19 +521,11 @@ class HttpApi:
         return web.json_response(openapi_document())
 
     async def status_page(self, request: web.Request) -> web.StreamResponse:
-        """A minimal status page (the full page arrives with the observability work)."""
-        view = self.member.cluster_view()
-        rows = "".join(
-            f"<tr><td>{m['id']}</td><td>{m['role']}</td><td>{m['url']}</td></tr>"
-            for m in view["members"]
-        )
-        html = (
-            "<!doctype html><html><head><meta http-equiv='refresh' content='2'>"
-            f"<title>lockcell {self.member.config.cell}</title></head><body>"
-            f"<h1>cell {self.member.config.cell}</h1><p>leader: {view['leader']} "
-            f"term {view['term']}</p><table>{rows}</table></body></html>"
-        )
-        return web.Response(text=html, content_type="text/html")
+        """The status page: this member's view of the cell (api/statuspage.py)."""
+        view = await gather_status_view(self.member)
+        response = web.Response(text=render_status_page(view), content_type="text/html")
+        response.headers["Cache-Control"] = "no-store"
+        return response
 
 
 class Unauthorized(Exception):
@@ -580,6 +573,11 @@ def resolve_route(method: str, path: str) -> tuple[Route, dict[str, str]] | None
     return None
 
 
+def _capped(wait_ms: int | None) -> int | None:
+    """``wait_ms`` is an upper bound: longer waits are served as the longest one."""
+    return None if wait_ms is None else min(wait_ms, MAX_WAIT_MS)
+
+
 def _wait_hint(body: bytes) -> int | None:
     """``wait_ms`` of a long-poll body, to size the forwarding timeout."""
     if b"wait_ms" not in body:
@@ -589,7 +587,7 @@ def _wait_hint(body: bytes) -> int | None:
     except ValueError:
         return None
     value = doc.get("wait_ms") if isinstance(doc, dict) else None
-    return value if isinstance(value, int) and 0 <= value <= MAX_WAIT_MS else None
+    return _capped(value) if isinstance(value, int) and value >= 0 else None
 
 
 _ = ErrorCode

@@ -136,6 +136,13 @@ class CellService:
         self.counters: dict[str, int] = {
             "sessions_expired": 0, "keepalives": 0, "events": 0, "lock_delay_blocks": 0,
         }
+        self.metrics_hook: Callable[[str, float], None] | None = None
+        """Observability: ``keepalive``, ``session_expired``, ``event:<type>``,
+        ``lock_delay_block``, ``acquire:<mode>:<result>`` and ``write:<command>`` (seconds)."""
+
+    def _metric(self, name: str, value: float = 1.0) -> None:
+        if self.metrics_hook is not None:
+            self.metrics_hook(name, value)
 
     # ------------------------------------------------------------------ wiring
 
@@ -271,6 +278,7 @@ class CellService:
         memory.events.append(event)
         memory.wake.set()
         self.counters["events"] += 1
+        self._metric(f"event:{event.get('type')}")
 
     def _react(self, result: ApplyResult) -> None:
         for event in result.events:
@@ -323,7 +331,9 @@ class CellService:
         """Append ``command`` (stamped by the leader) and wait for its result."""
         if not self.serving:
             raise Unavailable("not serving", self._driver.leader_id)
+        started = time.perf_counter()
         result = await self._driver.propose(lambda stamp: replace(command, now_ms=stamp).encode())
+        self._metric(f"write:{type(command).__name__}", time.perf_counter() - started)
         assert isinstance(result, ApplyResult)
         return result
 
@@ -389,6 +399,7 @@ class CellService:
             await asyncio.shield(memory.expiring)
             memory = self._session_memory(session)  # 410 once the expiry applied
         self.counters["keepalives"] += 1
+        self._metric("keepalive")
         if ack is not None:
             memory.events = [e for e in memory.events if int(e["seq"]) > ack]
         if not self._driver.holds_lease():
@@ -459,6 +470,7 @@ class CellService:
             finally:
                 if expired:
                     self.counters["sessions_expired"] += 1
+                    self._metric("session_expired")
                     log.info("session %s expired", session[:8])
                 else:
                     memory.expiring = None
@@ -472,6 +484,25 @@ class CellService:
 
     async def acquire(self, session: str, handle: str, mode: LockMode, wait_ms: int,
                       request_id: str | None) -> JsonDict:
+        """Acquire/TryAcquire (:meth:`_acquire`), timed by outcome for the metrics."""
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            value = await self._acquire(session, handle, mode, wait_ms, request_id)
+            outcome = "granted"
+            return value
+        except CallFailed as exc:
+            if exc.failure.code in (ErrorCode.LOCK_BUSY, ErrorCode.LOCK_DELAY):
+                outcome = exc.failure.code.value
+            raise
+        except Unavailable:
+            outcome = "unavailable"
+            raise
+        finally:
+            self._metric(f"acquire:{mode.value}:{outcome}", time.perf_counter() - started)
+
+    async def _acquire(self, session: str, handle: str, mode: LockMode, wait_ms: int,
+                       request_id: str | None) -> JsonDict:
         """Acquire/TryAcquire: grant now, or queue at the leader for up to ``wait_ms``."""
         deadline = time.monotonic() + wait_ms / 1000.0
         info = self.state.describe_handle(handle)
@@ -496,6 +527,8 @@ class CellService:
                 assert result.value is not None
                 return result.value
             failure = result.error
+        if failure.code is ErrorCode.LOCK_DELAY:
+            self._metric("lock_delay_block")
         if wait_ms <= 0 or failure.code not in (ErrorCode.LOCK_BUSY, ErrorCode.LOCK_DELAY):
             raise CallFailed(failure)
         if failure.code is ErrorCode.LOCK_DELAY:

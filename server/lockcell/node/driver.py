@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from lockcell.raft.core import (
     ConfChangeInProgressError,
@@ -162,6 +162,9 @@ class RaftDriver:
         """Monotonic time a message from the current leader was last processed."""
         self.leader_since: float | None = None
         self.metrics_hook: Callable[[str, float], None] | None = None
+        self.event_hook: Callable[[str, dict[str, Any]], None] | None = None
+        """Observability: ``("role", {role, leader, term})`` on every soft-state change and
+        ``("conf_change", {index, term, change, conf})`` as a membership change applies."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -356,9 +359,11 @@ class RaftDriver:
                     self.last_stamp_ms = stamp
                 except NotLeaderError as exc:
                     p.future.set_exception(Unavailable("not the leader", exc.leader))
+                    self._metric("proposal:not_leader")
                     continue
                 except (ProposalDroppedError, ConfChangeInProgressError) as exc:
                     p.future.set_exception(Unavailable(str(exc), core.leader))
+                    self._metric("proposal:dropped")
                     continue
                 self._waiting[index] = (core.term, p.future)
         if self._reads:
@@ -394,7 +399,9 @@ class RaftDriver:
         if not leading and transport is not None:
             transport.send(rd.messages)
         if rd.snapshot is not None:
+            started = time.perf_counter()
             self.app.restore(rd.snapshot.data)
+            self._metric("snapshot_restore_seconds", time.perf_counter() - started)
         for entry in rd.committed_entries:
             self._apply(entry)
         for state in rd.read_states:
@@ -407,7 +414,11 @@ class RaftDriver:
         failure: BaseException | None = None
         if entry.kind is EntryKind.CONF_CHANGE:
             with contextlib.suppress(ValueError):
-                self.app.apply_conf_change(entry.index, ConfChange.decode(entry.data))
+                change = ConfChange.decode(entry.data)
+                self.app.apply_conf_change(entry.index, change)
+                if self.event_hook is not None:
+                    self.event_hook("conf_change", {"index": entry.index, "term": entry.term,
+                                                    "change": change, "conf": self.core.conf})
         elif entry.data:
             try:
                 result = self.app.apply_entry(entry.index, entry.data)
@@ -421,10 +432,13 @@ class RaftDriver:
                 return
             if term != entry.term:
                 future.set_exception(Unavailable("entry replaced by a new leader"))
+                self._metric("proposal:lost")
             elif failure is not None:
                 future.set_exception(failure)
+                self._metric("proposal:failed")
             else:
                 future.set_result(result)
+                self._metric("proposal:committed")
 
     def _after_advance(self, rd: Ready) -> bool:
         """Resolve waiters after a batch; True when it is time for a snapshot."""
@@ -456,14 +470,18 @@ class RaftDriver:
             self._io, self.storage.save_snapshot, snap)
         if self.metrics_hook is not None:
             self.metrics_hook("snapshot_seconds", time.perf_counter() - started)
+            self.metrics_hook("snapshot_bytes", float(len(snap.data)))
 
     def _on_soft_state(self, role: Role, leader: NodeId | None) -> None:
+        if self.event_hook is not None:
+            self.event_hook("role", {"role": role, "leader": leader, "term": self.core.term})
         if role is not Role.LEADER:
             self.leader_since = None
             lost = Unavailable("leadership lost", leader)
             for _, future in self._waiting.values():
                 if not future.done():
                     future.set_exception(lost)
+                    self._metric("proposal:lost")
             self._waiting.clear()
         elif self.leader_since is None:
             self.leader_since = time.monotonic()
@@ -473,6 +491,10 @@ class RaftDriver:
                     f.set_exception(Unavailable("leadership changed during read", leader))
         self._read_batches.clear()
         self.app.on_role_change(role, leader, self.core.term)
+
+    def _metric(self, name: str, value: float = 1.0) -> None:
+        if self.metrics_hook is not None:
+            self.metrics_hook(name, value)
 
     def _fail_all(self, exc: Unavailable) -> None:
         for _, future in self._waiting.values():

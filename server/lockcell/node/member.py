@@ -15,6 +15,7 @@ import aiohttp
 
 from lockcell.node.cell import CallFailed, CellService, MemberAddress
 from lockcell.node.driver import DriverConfig, RaftDriver, Unavailable
+from lockcell.observability.events import ClusterEventLog
 from lockcell.observability.metrics import MemberMetrics
 from lockcell.raft.confchange import ConfChangeError
 from lockcell.raft.core import ConfChangeInProgressError, bootstrap_entries
@@ -92,6 +93,9 @@ class Member:
                          snapshot_every=config.snapshot_every),
         )
         self.driver.metrics_hook = self.metrics.observe
+        self.service.metrics_hook = self.metrics.observe
+        self.events = ClusterEventLog(replayed_until=self.driver.core.log.committed)
+        self.driver.event_hook = self._driver_event
         self.service.attach(self.driver)
         self.transport = PeerTransport(
             self.id, config.cell, config.peer_secret,
@@ -105,6 +109,14 @@ class Member:
         self.transport.advertised_address = _peer_address(config.advertised_peer_url)
         self._join_task: asyncio.Task[None] | None = None
         self.started_at = time.time()
+
+    def _driver_event(self, kind: str, info: dict[str, Any]) -> None:
+        """Leader, role and membership changes: into the metrics and the event ring."""
+        try:
+            self.metrics.on_driver_event(kind, info)
+            self.events.record(kind, info)
+        except Exception:  # observability must never stop the driver loop
+            log.exception("recording a %s event failed", kind)
 
     async def _forward_unset(self, request: ForwardedRequest) -> ForwardedReply:
         raise Unavailable("not ready")
@@ -278,7 +290,7 @@ class Member:
             # A removed leader hands over once C_new knows it is final; answer after that,
             # so whoever shuts this member down next cannot strand the new configuration.
             deadline = time.monotonic() + 10.0
-            while self.driver.leader_id in (self.id, None) and time.monotonic() < deadline:
+            while self.driver.is_leader and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
         return self.cluster_view()
 
