@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SEEDS ?= 20000
+CHAOS_SEEDS ?= $(if $(filter command line,$(origin SEEDS)),$(SEEDS),1)
 DURATION ?= 60
 
 .PHONY: all run test lint typecheck unit bench soak chaos clean
@@ -37,6 +38,9 @@ bench: $(STAMP)
 
 soak: $(STAMP)
 	LOCKCELL_SIM_SEEDS=$(SEEDS) $(BIN)/python -m pytest -q -n 2 -p no:cacheprovider tests/raft/test_simulation.py
+
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos.run --duration $(DURATION) --seeds $(CHAOS_SEEDS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -190,14 +190,31 @@ class PeerTransport:
     # ------------------------------------------------------------------ sending
 
     def send(self, messages: list[Message] | tuple[Message, ...]) -> None:
-        """Queue messages for their peers; never blocks."""
+        """Hand messages to their peers' links; never blocks.
+
+        A link that is connected and idle gets its batch written to the socket at once
+        (one frame per peer per call); otherwise the batch waits for the link's writer.
+        """
+        batches: dict[NodeId, list[Message]] = {}
         for m in messages:
-            link = self._links.get(m.to)
+            batches.setdefault(m.to, []).append(m)
+        for peer, batch in batches.items():
+            link = self._links.get(peer)
             if link is None:
-                if m.type is MessageType.SNAPSHOT:
-                    self._report_snapshot(m.to, False)
+                for m in batch:
+                    if m.type is MessageType.SNAPSHOT:
+                        self._report_snapshot(m.to, False)
                 continue
-            link.queue.append(m)
+            writer = link.writer
+            direct = (
+                writer is not None and not link.queue and not link.forwards
+                and not writer.is_closing()
+                and all(m.type is not MessageType.SNAPSHOT for m in batch)
+            )
+            if direct and writer is not None:
+                writer.write(frame(FRAME_RAFT, encode_messages(batch)))
+                continue
+            link.queue.extend(batch)
             self._kick(link)
 
     async def forward(self, peer: NodeId, request: ForwardedRequest,
