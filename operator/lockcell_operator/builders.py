@@ -309,6 +309,15 @@ def build_pdb(ref: CellRef, voters: int) -> Manifest:
     return with_hash(manifest, spec)
 
 
+# Every series of a cell carries `cell` (the Cell's name; the dashboards' cell variable) and
+# `instance` = the pod's name, besides the `namespace` and `pod` the Prometheus operator adds.
+METRICS_RELABELINGS: list[dict[str, Any]] = [
+    {"sourceLabels": ["__meta_kubernetes_pod_label_app_kubernetes_io_instance"],
+     "targetLabel": "cell"},
+    {"sourceLabels": ["__meta_kubernetes_pod_name"], "targetLabel": "instance"},
+]
+
+
 def build_service_monitor(ref: CellRef, spec: CellSpec) -> Manifest | None:
     """A Prometheus-operator ServiceMonitor for the client Service, when enabled."""
     sm = spec.service_monitor
@@ -318,7 +327,8 @@ def build_service_monitor(ref: CellRef, spec: CellSpec) -> Manifest | None:
         "selector": {
             "matchLabels": {**selector_labels(ref.name), SERVICE_ROLE_LABEL: "client"},
         },
-        "endpoints": [{"port": "client", "path": "/metrics", "interval": sm.interval}],
+        "endpoints": [{"port": "client", "path": "/metrics", "interval": sm.interval,
+                       "relabelings": METRICS_RELABELINGS}],
     }
     meta = _metadata(ref, service_monitor_name(ref.name))
     meta["labels"] = {**dict(sm.labels), **meta["labels"]}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,6 +14,7 @@ import kopf
 from . import builders as b
 from .cellapi import CellClient
 from .kube import ClientKubeApi, KubeError
+from .metrics import DEFAULT_METRICS_PORT, ENV_METRICS_PORT, METRICS, start_metrics_server
 from .planner import Done, Step, Wait, describe, step_kind
 from .reconcile import Context, cleanup, dns_resolver, reconcile_once, utc_now
 from .spec import GROUP, PLURAL, VERSION, CellRef, SpecError, parse_spec
@@ -51,6 +53,26 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.posting.level = logging.WARNING
     if "ctx" not in memo:
         memo["ctx"] = context_from_environment()
+    port = metrics_port()
+    if port and "metrics_server" not in memo:
+        try:
+            memo["metrics_server"] = await start_metrics_server(port)
+        except OSError as exc:  # metrics are worth a warning, not a dead operator
+            log.warning("cannot serve metrics on port %d: %s", port, exc)
+
+
+def metrics_port() -> int:
+    """Port of the operator's /metrics (LOCKCELL_OPERATOR_METRICS_PORT; 0: off)."""
+    raw = os.environ.get(ENV_METRICS_PORT, "").strip()
+    if not raw:
+        return DEFAULT_METRICS_PORT
+    try:
+        port = int(raw)
+    except ValueError:
+        log.warning("%s=%r is not a port; using %d", ENV_METRICS_PORT, raw,
+                    DEFAULT_METRICS_PORT)
+        return DEFAULT_METRICS_PORT
+    return port if 0 < port < 65536 else 0
 
 
 @kopf.on.cleanup()
@@ -58,6 +80,10 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     ctx = memo.get("ctx")
     if isinstance(ctx, Context):
         await ctx.cells.close()
+    server = memo.get("metrics_server")
+    if server is not None:
+        await server.cleanup()
+        memo["metrics_server"] = None
 
 
 def _ctx(memo: kopf.Memo) -> Context:
@@ -122,11 +148,14 @@ async def _pass(
     ctx = _ctx(memo)
     ref = _ref(body)
     previous = dict(status) if status else {}
+    started = time.monotonic()
     try:
         cell_spec = parse_spec(spec)
         async with _lock(memo):
             result = await reconcile_once(ctx, ref, cell_spec, previous)
     except SpecError as exc:
+        METRICS.record_failure(ref.namespace, ref.name, "invalid_spec",
+                               time.monotonic() - started)
         patch["status"] = {
             "observedGeneration": ref.generation,
             "phase": "Failed",
@@ -141,7 +170,10 @@ async def _pass(
             kopf.event(body, type="Warning", reason="InvalidSpec", message=str(exc))
         return
     except KubeError as exc:
+        METRICS.record_failure(ref.namespace, ref.name, "kube_error", time.monotonic() - started)
         raise kopf.TemporaryError(f"Kubernetes API: {exc}", delay=INTERVAL) from exc
+    METRICS.record_pass(ref.namespace, ref.name, result.step, result.status, result.step_error,
+                        time.monotonic() - started, desired=cell_spec.replicas)
     patch["status"] = result.status
     if result.step_error is not None:
         kopf.event(body, type="Warning", reason="StepFailed", message=result.step_error)
@@ -191,4 +223,5 @@ async def on_delete(body: kopf.Body, spec: kopf.Spec, memo: kopf.Memo, **_: Any)
             deleted = await cleanup(ctx, ref, cell_spec)
         except KubeError as exc:
             raise kopf.TemporaryError(f"cleanup: {exc}", delay=INTERVAL) from exc
+    METRICS.forget(ref.namespace, ref.name)
     log.info("Cell %s/%s deleted; removed %s", ref.namespace, ref.name, ", ".join(deleted))

@@ -13,6 +13,8 @@ import yaml
 # Before lockcell_operator.handlers is imported anywhere: the timer's interval is fixed when
 # the handler is registered. Fast passes keep the kmock tests short.
 os.environ.setdefault("LOCKCELL_OPERATOR_INTERVAL", "0.2")
+# Parallel kopf runs must not fight over the operator's metrics port.
+os.environ.setdefault("LOCKCELL_OPERATOR_METRICS_PORT", "0")
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_PATH = ROOT / "crds" / "cell.yaml"

@@ -235,7 +235,10 @@ def test_service_monitor_optional() -> None:
     sm = b.build_service_monitor(REF, spec)
     assert sm is not None
     assert sm["metadata"]["labels"]["release"] == "prom"
-    assert sm["spec"]["endpoints"] == [{"port": "client", "path": "/metrics", "interval": "15s"}]
+    assert sm["spec"]["endpoints"] == [{"port": "client", "path": "/metrics", "interval": "15s",
+                                        "relabelings": b.METRICS_RELABELINGS}]
+    targets = {r["targetLabel"] for r in b.METRICS_RELABELINGS}
+    assert targets == {"cell", "instance"}  # the dashboards' variables and legends
     assert sm["spec"]["selector"]["matchLabels"][b.SERVICE_ROLE_LABEL] == "client"
     assert b.build_client_service(REF)["metadata"]["labels"][b.SERVICE_ROLE_LABEL] == "client"
 

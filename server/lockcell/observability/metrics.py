@@ -83,6 +83,13 @@ class MemberMetrics:
         self.follower_lag = Gauge("lockcell_raft_follower_lag_entries",
                                   "Leader's view: entries each member's log is behind the "
                                   "leader's last index", ["member"], registry=r)
+        self.quorum = Gauge("lockcell_raft_quorum_active",
+                            "1 on the leader while a majority of voters (of both configurations "
+                            "when joint) answered it within an election timeout; 0 elsewhere",
+                            registry=r)
+        self.voters_active = Gauge("lockcell_raft_voters_active",
+                                   "Leader's view: voters that answered within an election "
+                                   "timeout (itself included); 0 on other members", registry=r)
         self.follower_active = Gauge("lockcell_raft_follower_active",
                                      "Leader's view: 1 when the member answered within the "
                                      "last election timeout", ["member"], registry=r)
@@ -225,6 +232,20 @@ class MemberMetrics:
             self.follower_lag.labels(member_id).set(max(0, status.last_index - progress.match))
             active = progress.recent_active or member_id == member.id
             self.follower_active.labels(member_id).set(1 if active else 0)
+        if status.role is Role.LEADER:
+            answering = {m for m, p in status.progress.items() if p.recent_active}
+            answering.add(member.id)
+            voters = conf.voters | conf.voters_outgoing
+
+            def majority(group: frozenset[str]) -> bool:
+                return not group or 2 * len(group & answering) > len(group)
+
+            has_quorum = majority(conf.voters) and majority(conf.voters_outgoing)
+            self.quorum.set(1 if has_quorum and voters else 0)
+            self.voters_active.set(len(voters & answering))
+        else:
+            self.quorum.set(0)
+            self.voters_active.set(0)
         for gone in self._lag_members - seen:
             self.follower_lag.remove(gone)
             self.follower_active.remove(gone)
