@@ -129,9 +129,19 @@ def describe(step: Step) -> str:
 
 # --- helpers ---------------------------------------------------------------------------------
 def member_home(member: Member, pods: Iterable[PodState]) -> str | None:
-    """The pod a member lives on: the pod reporting its id, else the host of its URLs."""
+    """The pod a member lives on: the pod reporting its id, else the pod whose advertised
+    URLs the member has, else the host of its URLs (a pod's DNS name starts with its name).
+
+    A pod that does not answer (a probe timed out) still has its URLs, so a member is never
+    taken for homeless, and never for another pod's, because its process answered late.
+    """
+    pods = tuple(pods)
     for p in pods:
         if p.member_id == member.id:
+            return p.name
+    for p in pods:
+        if (p.peer_url and p.peer_url == member.peer_url) or (p.client_url
+                                                             and p.client_url == member.url):
             return p.name
     return host_label(member.peer_url) or host_label(member.url)
 
@@ -181,7 +191,14 @@ def promotion_blocker(cluster: ClusterView, learner: str, healthy: frozenset[str
 
 
 def caught_up(cluster: ClusterView, member: Member, lag: int) -> bool:
-    return cluster.commit_index - member.match_index <= lag
+    """The learner stores the leader's log up to within `lag` entries of the commit index.
+
+    A match index of 0 means the leader has not yet stored anything on it (it may not even
+    reach it): never caught up, also while a young cell's whole log is shorter than `lag` -
+    promoting such a learner would make the cell's next commits wait for a member that may
+    never answer.
+    """
+    return member.match_index > 0 and cluster.commit_index - member.match_index <= lag
 
 
 # --- the planner -----------------------------------------------------------------------------
@@ -196,8 +213,9 @@ def plan(obs: Observation, *, catch_up_lag: int = DEFAULT_CATCH_UP_LAG) -> Step:
     2. While the template still says bootstrap: wait for pod 0 to form the cell, then
        `EndBootstrap` so that no pod can ever bootstrap a second cell from an empty disk.
     3. No leader, or a joint configuration in flight: `Wait`.
-    4. A learner: promote it once caught up (match_index within `catch_up_lag` of
-       commit_index), wait while it catches up, remove it when it is no longer wanted.
+    4. A learner: promote it once caught up (it has replicated something, and its
+       match_index is within `catch_up_lag` of commit_index), wait while it catches up,
+       remove it when it is no longer wanted.
     5. A voter whose pod came back with an empty volume (the pod now reports a new id that is
        already a voter): remove the old id.
     6. A wanted pod that reports an id the cell does not know: `AddLearner`.

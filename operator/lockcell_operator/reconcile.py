@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 # How the operator reaches a pod's client API: (cell, pod name) → base URL.
 PodUrlResolver = Callable[[CellRef, str], str]
+# What a pod advertises to its peers: (cell, pod name) → (client URL, peer URL).
+PodAdvertisedUrls = Callable[[CellRef, str], tuple[str, str]]
 
 
 def dns_resolver(cluster_domain: str = b.DEFAULT_CLUSTER_DOMAIN) -> PodUrlResolver:
@@ -76,6 +78,15 @@ class Context:
     default_image: str | None = None
     catch_up_lag: int = DEFAULT_CATCH_UP_LAG
     token_factory: Callable[[], str] = field(default=new_token)
+    # The URLs each pod advertises (what its environment makes it say, handed to the cell
+    # when the pod joins). None: the pod's DNS names in the headless Service, which is what
+    # the StatefulSet's template sets. Tests that run pods elsewhere (loopback) swap it.
+    advertised: PodAdvertisedUrls | None = None
+
+    def advertised_urls(self, ref: CellRef, pod: str) -> tuple[str, str]:
+        if self.advertised is not None:
+            return self.advertised(ref, pod)
+        return b.advertised_urls(ref, pod, self.cluster_domain)
 
 
 @dataclass(frozen=True)
@@ -254,7 +265,7 @@ async def observe(
     views: dict[str, ClusterView] = {}
     ids: dict[str, str] = {}
     for (name, ordinal, ready), (member_id, view) in zip(pods, probes, strict=True):
-        client_url, peer_url = b.advertised_urls(ref, name, ctx.cluster_domain)
+        client_url, peer_url = ctx.advertised_urls(ref, name)
         states.append(
             PodState(
                 name=name,

@@ -196,11 +196,11 @@ class Kubelet:
 
 
 @dataclass
-class Harness:
+class KubeHarness:
+    """The test's side of kmock: objects, history, the Cell, and waiting for conditions."""
+
     km: kmock.KubernetesEmulator
     http: aiohttp.ClientSession
-    cell: FakeCell
-    kubelet: Kubelet
     url: str
 
     def obj(self, plural: str, name: str) -> dict[str, Any] | None:
@@ -248,17 +248,27 @@ class Harness:
         ) as resp:
             assert resp.status < 300, await resp.text()
 
+    def describe(self) -> str:
+        """What a timeout message shows."""
+        return f"status: {self.cell_status()}; sts replicas: {self.replicas_history()}"
+
     async def wait_for(self, what: str, predicate: Callable[[], bool],
                        timeout: float = 60.0) -> None:
         deadline = asyncio.get_running_loop().time() + timeout
         while not predicate():
             if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(
-                    f"timed out waiting for {what}; status: {self.cell_status()}; "
-                    f"sts replicas: {self.replicas_history()}; "
-                    f"members: {self.cell.members}; leader: {self.cell.leader}"
-                )
+                raise AssertionError(f"timed out waiting for {what}; {self.describe()}")
             await asyncio.sleep(0.05)
+
+
+@dataclass
+class Harness(KubeHarness):
+    cell: FakeCell
+    kubelet: Kubelet
+
+    def describe(self) -> str:
+        return (f"{super().describe()}; members: {self.cell.members}; "
+                f"leader: {self.cell.leader}")
 
     def running_with(self, voters: int, name: str = "demo") -> bool:
         status = self.cell_status(name)
@@ -272,7 +282,8 @@ class Harness:
 
 
 @contextlib.asynccontextmanager
-async def operator_harness() -> AsyncIterator[Harness]:
+async def kmock_api() -> AsyncIterator[tuple[FixedKMock, str, aiohttp.ClientSession]]:
+    """kmock with the fixes, serving on loopback; kopf logs in to it (see _login_to_kmock)."""
     async with FixedKMock() as km, kmock.Server(km) as server:
         km.resources.load_bundled()
         km.resources["lockcell.io/v1alpha1/cells"] = kmock.ResourceInfo(
@@ -283,13 +294,61 @@ async def operator_harness() -> AsyncIterator[Harness]:
         url = str(server.url).rstrip("/")
         _server_url.append(url)
         http = aiohttp.ClientSession(base_url=url, headers={"User-Agent": TEST_AGENT})
+        try:
+            yield km, url, http
+        finally:
+            await http.close()
+            _server_url.remove(url)
 
-        def admin_token() -> str | None:
-            secret = find(km, "secrets", NAMESPACE, "demo-admin")
-            return b.secret_value(secret, b.ADMIN_TOKEN_KEY) if secret else None
 
+def admin_token_of(km: kmock.KubernetesEmulator, cell: str = "demo") -> str | None:
+    secret = find(km, "secrets", NAMESPACE, b.admin_secret_name(cell))
+    return b.secret_value(secret, b.ADMIN_TOKEN_KEY) if secret else None
+
+
+@contextlib.asynccontextmanager
+async def running_operator(ctx: Context) -> AsyncIterator[None]:
+    """The real kopf operator with `ctx`, in its own thread and loop, until the block ends."""
+    ready, stop = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def run_operator() -> None:
+        async def main() -> None:
+            await kopf.operator(
+                clusterwide=True,
+                standalone=True,
+                ready_flag=ready,
+                stop_flag=stop,
+                memo=kopf.Memo(ctx=ctx),
+            )
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # surfaced to the test below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run_operator, name="kopf", daemon=True)
+    thread.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + 20
+        while not ready.is_set():
+            assert not errors, errors
+            assert asyncio.get_running_loop().time() < deadline, "kopf never got ready"
+            await asyncio.sleep(0.05)
+        yield
+    finally:
+        stop.set()
+        deadline = asyncio.get_running_loop().time() + 15
+        while thread.is_alive() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+    assert not thread.is_alive(), "kopf did not stop"
+
+
+@contextlib.asynccontextmanager
+async def operator_harness() -> AsyncIterator[Harness]:
+    async with kmock_api() as (km, url, http):
         ref = CellRef("demo", NAMESPACE)
-        cell = FakeCell(token=admin_token, url_of=lambda pod: b.advertised_urls(ref, pod))
+        cell = FakeCell(token=lambda: admin_token_of(km),
+                        url_of=lambda pod: b.advertised_urls(ref, pod))
         kube = ClientKubeApi.for_host(url)
         ctx = Context(
             kube=kube,
@@ -297,44 +356,16 @@ async def operator_harness() -> AsyncIterator[Harness]:
             resolver=lambda _ref, pod: cell.base_url(pod),
             default_image="lockcell:test",
         )
-        ready, stop = threading.Event(), threading.Event()
-        errors: list[BaseException] = []
-
-        def run_operator() -> None:
-            async def main() -> None:
-                await kopf.operator(
-                    clusterwide=True,
-                    standalone=True,
-                    ready_flag=ready,
-                    stop_flag=stop,
-                    memo=kopf.Memo(ctx=ctx),
-                )
-            try:
-                asyncio.run(main())
-            except BaseException as exc:  # surfaced to the test below
-                errors.append(exc)
-
-        thread = threading.Thread(target=run_operator, name="kopf", daemon=True)
-        async with cell:
-            kubelet = Kubelet(km, http, cell, "demo")
-            kubelet_task = asyncio.create_task(kubelet.run())
-            thread.start()
-            try:
-                deadline = asyncio.get_running_loop().time() + 20
-                while not ready.is_set():
-                    assert not errors, errors
-                    assert asyncio.get_running_loop().time() < deadline, "kopf never got ready"
-                    await asyncio.sleep(0.05)
-                yield Harness(km=km, http=http, cell=cell, kubelet=kubelet, url=url)
-            finally:
-                stop.set()
-                deadline = asyncio.get_running_loop().time() + 15
-                while thread.is_alive() and asyncio.get_running_loop().time() < deadline:
-                    await asyncio.sleep(0.05)
-                kubelet_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await kubelet_task
-                await http.close()
-                kube.close()
-                _server_url.remove(url)
-        assert not thread.is_alive(), "kopf did not stop"
+        try:
+            async with cell:
+                kubelet = Kubelet(km, http, cell, "demo")
+                kubelet_task = asyncio.create_task(kubelet.run())
+                try:
+                    async with running_operator(ctx):
+                        yield Harness(km=km, http=http, url=url, cell=cell, kubelet=kubelet)
+                finally:
+                    kubelet_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await kubelet_task
+        finally:
+            kube.close()

@@ -114,10 +114,11 @@ async def test_create_forms_the_cell_one_pod_at_a_time(k8s_bin: Path) -> None:
         assert c["Available"]["status"] == "True"
         assert c["Progressing"]["status"] == "False"
         assert c["Degraded"]["status"] == "False"
-        reasons = event_reasons(h)
-        for reason in ("Bootstrap", "EndBootstrap", "ScaleStatefulSet", "AddLearner", "Promote",
-                       "Reconciled"):
-            assert reason in reasons, reasons
+        # kopf posts Events in the background: the last one may trail the status patch.
+        wanted = ("Bootstrap", "EndBootstrap", "ScaleStatefulSet", "AddLearner", "Promote",
+                  "Reconciled")
+        await h.wait_for(f"the events {wanted}", lambda: set(wanted) <= set(event_reasons(h)),
+                         timeout=10)
 
         # Another reconcile pass regenerates nothing: the secrets keep their tokens.
         await h.patch_cell({"metadata": {"labels": {"touched": "yes"}}})
@@ -209,6 +210,8 @@ async def test_one_down_removal_that_would_lose_quorum_is_refused() -> None:
         c = conditions(h)
         assert "below quorum 2" in c["Progressing"]["message"]
         assert c["Degraded"]["reason"] == "QuorumAtRisk"
+        await h.wait_for("the QuorumAtRisk event",  # posted in the background by kopf
+                         lambda: "QuorumAtRisk" in event_reasons(h), timeout=10)
         warnings = [e for e in h.events() if e.get("reason") == "QuorumAtRisk"]
         assert warnings and warnings[0]["type"] == "Warning"
         assert "below quorum" in warnings[0]["message"]

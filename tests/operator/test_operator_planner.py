@@ -30,6 +30,7 @@ from lockcell_operator.planner import (
     TransferLeader,
     Wait,
     describe,
+    member_home,
     plan,
     removal_blocker,
 )
@@ -128,6 +129,37 @@ def test_learner_promoted_only_when_caught_up() -> None:
     assert plan(obs) == Promote("m3")
     assert plan(obs, catch_up_lag=10) == Wait(
         "LearnerCatchingUp", "learner m3 on c-3 is catching up (match 950 of commit 1000)")
+
+
+def test_learner_that_replicated_nothing_is_not_promoted_in_a_young_cell() -> None:
+    young = steady(2, desired=3, commit=5)
+    members = (*young.cluster.members, member("c-2", "m2", "learner", 0))  # type: ignore[union-attr]
+    obs = Observation(**{**young.__dict__, "statefulset_replicas": 3,
+                         "pods": (*young.pods, pod(2, "m2")),
+                         "cluster": ClusterView("m0", 3, 5, members)})
+    step = plan(obs)
+    assert isinstance(step, Wait) and step.reason == "LearnerCatchingUp", step
+    members = (*members[:2], member("c-2", "m2", "learner", 4))
+    assert plan(Observation(**{**obs.__dict__, "cluster": ClusterView("m0", 3, 5, members)})) \
+        == Promote("m2")
+
+
+def test_member_home_by_url_when_the_pod_does_not_answer() -> None:
+    # Pods that advertise loopback URLs (no pod name in the host): a member whose pod's probe
+    # failed is still found on its pod by the URLs the pod advertises.
+    loop = {f"c-{i}": (f"http://127.0.0.1:{4000 + i}", f"http://127.0.0.1:{5000 + i}")
+            for i in range(5)}
+    members = tuple(Member(f"m{i}", *loop[f"c-{i}"], "voter", 100) for i in range(5))
+    pods = tuple(PodState(f"c-{i}", i, i != 4, None if i == 4 else f"m{i}", *loop[f"c-{i}"])
+                 for i in range(5))
+    assert member_home(members[4], pods) == "c-4"
+    assert member_home(members[1], pods) == "c-1"
+    obs = Observation(cell=CELL, desired_replicas=3, statefulset_replicas=5, pods=pods,
+                      cluster=ClusterView("m0", 3, 100, members),
+                      volumes=tuple(f"c-{i}" for i in range(5)))
+    # Without the URLs, c-4's member would look homeless and c-4 would be shrunk away while
+    # it still hosts a voter; with them, that voter is removed first.
+    assert plan(obs) == RemoveMember("m4")
 
 
 def test_joint_consensus_waits() -> None:

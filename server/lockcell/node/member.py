@@ -220,7 +220,7 @@ class Member:
     async def confirm_ready(self, timeout: float = 1.0) -> tuple[bool, str]:
         """Readiness confirmed with the leader: a ReadIndex round trip tells what it has
         committed right now, and this member is ready once it has applied that much."""
-        ready, reason = self.readiness()
+        ready, reason = self.readiness(catching_up_is_ready=True)
         if not ready:
             return ready, reason
         try:
@@ -229,8 +229,9 @@ class Member:
             return False, f"not caught up with the leader ({exc or 'timeout'})"
         return True, "ok"
 
-    def readiness(self) -> tuple[bool, str]:
-        """Ready: in the configuration, a leader known, and applied what it committed."""
+    def readiness(self, catching_up_is_ready: bool = False) -> tuple[bool, str]:
+        """Ready: in the configuration, a leader known, and applied what it committed
+        (``catching_up_is_ready`` leaves that last part to a ReadIndex round trip)."""
         core = self.driver.core
         if self.id not in core.conf.members():
             return False, "not a member of the configuration yet"
@@ -239,7 +240,7 @@ class Member:
         if not self.driver.in_contact_with_leader():
             return False, "no recent word from the leader"
         target = max(core.log.committed, core.leader_commit)
-        if core.log.applied < target:
+        if core.log.applied < target and not catching_up_is_ready:
             return False, f"catching up (applied {core.log.applied} of {target})"
         if core.role is Role.LEADER and not self.service.serving:
             return False, "leader committing its first entry"

@@ -139,7 +139,7 @@ class PeerTransport:
         self._report_snapshot = report_snapshot
         self._links: dict[NodeId, _Link] = {}
         self._server: asyncio.base_events.Server | None = None
-        self._inbound: set[asyncio.Task[None]] = set()
+        self._inbound: set[asyncio.StreamWriter] = set()
         self._next_id = 0
         self._closed = False
         self.refused_connections = 0
@@ -166,8 +166,8 @@ class PeerTransport:
             self._fail_pending(link)
             if link.writer is not None:
                 link.writer.close()
-        for task in list(self._inbound):
-            task.cancel()
+        for inbound in list(self._inbound):
+            inbound.close()  # its reader then ends; cancelling would log from asyncio
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
@@ -341,9 +341,7 @@ class PeerTransport:
 
     async def _serve_inbound(self, reader: asyncio.StreamReader,
                              writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._inbound.add(task)
+        self._inbound.add(writer)
         try:
             if not await self._accept_hello(reader, writer):
                 return
@@ -360,7 +358,7 @@ class PeerTransport:
         except (DecodeError, ValueError) as exc:
             log.warning("dropping peer connection after a malformed frame: %s", exc)
         finally:
-            self._inbound.discard(task)
+            self._inbound.discard(writer)
             writer.close()
 
     async def _accept_hello(self, reader: asyncio.StreamReader,
