@@ -351,6 +351,15 @@ async def test_scale_3_5_3_with_real_servers_under_traffic(
         assert any(down_at < t < shrunk for t in rec.write_times), report
         # Membership: learners first, joint consensus for each voter change, one at a time.
         # From the bootstrap (pod 0 alone) on: 1 → 2 → 3 at creation, 3 → 4 → 5 → 4 → 3.
+        # A joint phase lasts milliseconds; besides the polled views, every member that stays
+        # reports the configurations it applied (`configurations` in /v1/cluster).
+        for pod in final_ids:
+            async with client.get(f"{h.kubelet.client_url(pod)}/v1/cluster") as resp:
+                body = await resp.json()
+            for conf in body.get("configurations") or []:
+                if conf.get("joint"):
+                    joint = (tuple(conf["joint"]["old"]), tuple(conf["joint"]["new"]))
+                    views.append(View(now(), str(body["self"]["id"]), None, (), joint))
         problems, changes = membership_violations(
             views, frozenset({initial[f"{CELL}-0"]}), frozenset(final_ids.values()))
         assert not problems, "\n".join([*problems, report, *map(str, views)])

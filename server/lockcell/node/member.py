@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,15 +18,17 @@ from lockcell.node.cell import CallFailed, CellService, MemberAddress
 from lockcell.node.driver import DriverConfig, RaftDriver, Unavailable
 from lockcell.observability.events import ClusterEventLog
 from lockcell.observability.metrics import MemberMetrics
-from lockcell.raft.confchange import ConfChangeError
+from lockcell.raft.confchange import ConfChangeError, apply_conf_change
 from lockcell.raft.core import ConfChangeInProgressError, bootstrap_entries
-from lockcell.raft.types import ChangeOp, ConfChange, MemberChange, NodeId, Role
+from lockcell.raft.types import ChangeOp, ConfChange, ConfState, MemberChange, NodeId, Role
 from lockcell.statemachine.errors import ErrorCode, Failure
 from lockcell.storage.identity import open_member_identity
 from lockcell.storage.store import FileRaftStorage
 from lockcell.transport.peer import ForwardedReply, ForwardedRequest, PeerTransport
 
 log = logging.getLogger("lockcell.member")
+
+CONFIGURATION_HISTORY = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,9 +112,24 @@ class Member:
         self.transport.advertised_address = _peer_address(config.advertised_peer_url)
         self._join_task: asyncio.Task[None] | None = None
         self.started_at = time.time()
+        self.configurations: deque[dict[str, Any]] = deque(maxlen=CONFIGURATION_HISTORY)
+        """The configurations this member applied since it started, newest last."""
 
     def _driver_event(self, kind: str, info: dict[str, Any]) -> None:
         """Leader, role and membership changes: into the metrics and the event ring."""
+        before, change = info.get("conf"), info.get("change")
+        if kind == "conf_change" and isinstance(before, ConfState) and isinstance(
+                change, ConfChange):
+            try:
+                conf = apply_conf_change(before, change)  # the hook sees the one before
+            except ConfChangeError:
+                conf = before
+            self.configurations.append({
+                "index": info.get("index"), "voters": sorted(conf.voters),
+                "learners": sorted(conf.learners),
+                "joint": ({"old": sorted(conf.voters_outgoing), "new": sorted(conf.voters)}
+                          if conf.joint else None),
+            })
         try:
             self.metrics.on_driver_event(kind, info)
             self.events.record(kind, info)
@@ -212,6 +230,7 @@ class Member:
             "members": members,
             "joint": ({"old": sorted(conf.voters_outgoing), "new": sorted(conf.voters)}
                       if conf.joint else None),
+            "configurations": list(self.configurations),
             "self": {"id": self.id, "url": self.config.advertised_client_url,
                      "peer_url": self.config.advertised_peer_url,
                      "role": status.role.value},

@@ -199,7 +199,16 @@ class Raft:
             self._tick_election()
 
     def campaign(self) -> None:
-        """Start an election now (as if the election timeout had fired)."""
+        """Start an election now (as if the election timeout had fired) — unless, with
+        CheckQuorum on, this member heard from a live leader within the election timeout:
+        the leader's lease counts on members that acknowledged it not electing anyone."""
+        if (
+            self.config.check_quorum
+            and self.leader is not None
+            and self.leader != self.id
+            and self._election_elapsed < self.config.election_ticks
+        ):
+            return
         self._hup(transfer=False)
 
     def propose(self, data: bytes) -> int:
@@ -272,6 +281,8 @@ class Raft:
             return None
         if self._lease_forfeited or self._leaving_at:
             return None  # a TIMEOUT_NOW we sent may elect someone despite any lease
+        if not self.config.check_quorum:
+            return None  # only CheckQuorum's in-lease vote refusal makes a lease hold
         acked = dict(self._acked_round)
         acked[self.id] = self._round
         quorum_round = joint_index(self.conf, acked)
@@ -600,6 +611,14 @@ class Raft:
             hint = m.reject_hint
             if m.log_term > 0:
                 hint = self.log.find_conflict_by_term(hint, m.log_term)
+            if m.index > pr.match and m.reject_hint < pr.match:
+                # The follower's log ends before what it once acknowledged: it lost
+                # entries (a damaged disk). Its match only held while they existed, so
+                # replicate again from where its log really ends. (Commit never moves back.)
+                pr.match = m.reject_hint
+                pr.become_probe()
+                self._send_append(m.sender, pr, send_if_empty=True)
+                return
             if pr.maybe_decrease(m.index, hint):
                 if pr.state is ProgressState.REPLICATE:
                     pr.become_probe()

@@ -23,7 +23,11 @@ FRAME_FORWARD = 4
 FRAME_FORWARD_REPLY = 5
 FRAME_REFUSED = 6
 
-MAX_FRAME = 64 << 20
+MAX_FRAME = 512 << 20
+"""Largest frame a member accepts (a snapshot travels in one message)."""
+FRAME_TARGET = 4 << 20
+"""Batches are split into frames of about this size, so a follower catching up never
+meets one giant frame."""
 _FRAME = struct.Struct("<IB")
 _ID = struct.Struct("<Q")
 PROTOCOL = "lockcell-peer/1"
@@ -82,6 +86,32 @@ def _decode_reply(payload: bytes) -> ForwardedReply:
 def frame(kind: int, payload: bytes) -> bytes:
     """One length-prefixed frame."""
     return _FRAME.pack(len(payload), kind) + payload
+
+
+def _message_size(m: Message) -> int:
+    size = 96 + len(m.context)
+    for e in m.entries:
+        size += e.size()
+    if m.snapshot is not None:
+        size += len(m.snapshot.data)
+    return size
+
+
+def raft_frames(messages: list[Message]) -> list[bytes]:
+    """Frames carrying ``messages`` in order, each about :data:`FRAME_TARGET` at most."""
+    frames: list[bytes] = []
+    chunk: list[Message] = []
+    size = 0
+    for m in messages:
+        m_size = _message_size(m)
+        if chunk and size + m_size > FRAME_TARGET:
+            frames.append(frame(FRAME_RAFT, encode_messages(chunk)))
+            chunk, size = [], 0
+        chunk.append(m)
+        size += m_size
+    if chunk:
+        frames.append(frame(FRAME_RAFT, encode_messages(chunk)))
+    return frames
 
 
 async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
@@ -212,7 +242,7 @@ class PeerTransport:
                 and all(m.type is not MessageType.SNAPSHOT for m in batch)
             )
             if direct and writer is not None:
-                writer.write(frame(FRAME_RAFT, encode_messages(batch)))
+                writer.writelines(raft_frames(batch))
                 continue
             link.queue.extend(batch)
             self._kick(link)
@@ -298,9 +328,7 @@ class PeerTransport:
                 continue
             batch, link.queue = link.queue, []
             forwards, link.forwards = link.forwards, []
-            chunks: list[bytes] = []
-            if batch:
-                chunks.append(frame(FRAME_RAFT, encode_messages(batch)))
+            chunks: list[bytes] = raft_frames(batch) if batch else []
             chunks.extend(frame(FRAME_FORWARD, f) for f in forwards)
             writer.writelines(chunks)
             await writer.drain()
