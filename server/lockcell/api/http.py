@@ -10,6 +10,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from secrets import token_hex
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -23,7 +24,6 @@ from lockcell.node.driver import Unavailable
 from lockcell.node.member import Member
 from lockcell.statemachine.commands import CreateSpec, Delete, Open, SetContents
 from lockcell.statemachine.commands import SetSequencer as SetSequencerCommand
-from lockcell.statemachine.errors import ErrorCode
 from lockcell.statemachine.values import EventType, LockMode, NodeKind
 from lockcell.transport.peer import ForwardedReply, ForwardedRequest, PeerUnavailableError
 
@@ -315,8 +315,6 @@ class HttpApi:
                 raise BadRequest("master_failover is session-wide, not chosen per handle")
             events.append(event)
         lock_delay = _int_in(doc.get("lock_delay_ms"), "lock_delay_ms", 0, 60000)
-        from secrets import token_hex
-
         value = await self.service.write(Open(
             now_ms=0, session=request.match_info["session"], path=doc["path"],
             handle=token_hex(16), create=create, events=tuple(events),
@@ -589,5 +587,3 @@ def _wait_hint(body: bytes) -> int | None:
     value = doc.get("wait_ms") if isinstance(doc, dict) else None
     return _capped(value) if isinstance(value, int) and value >= 0 else None
 
-
-_ = ErrorCode
