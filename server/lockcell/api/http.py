@@ -24,7 +24,13 @@ from lockcell.node.driver import Unavailable
 from lockcell.node.member import Member
 from lockcell.statemachine.commands import CreateSpec, Delete, Open, SetContents
 from lockcell.statemachine.commands import SetSequencer as SetSequencerCommand
-from lockcell.statemachine.values import EventType, LockMode, NodeKind
+from lockcell.statemachine.errors import CellError
+from lockcell.statemachine.values import (
+    EventType,
+    parse_event_type,
+    parse_lock_mode,
+    parse_node_kind,
+)
 from lockcell.transport.peer import ForwardedReply, ForwardedRequest, PeerUnavailableError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -167,7 +173,7 @@ class HttpApi:
             response = error_response(400, "invalid_argument", str(exc))
         except Unauthorized:
             response = error_response(401, "unauthorized", "admin token required")
-        except CallFailed as exc:
+        except (CallFailed, CellError) as exc:
             failure = exc.failure
             extra = {}
             if failure.lock_delay_until_ms is not None:
@@ -299,18 +305,12 @@ class HttpApi:
             spec = _json_body(json.dumps(doc["create"]).encode(),
                               {"kind": (str,), "ephemeral": (bool,), "data": (str, type(None))},
                               required=("kind",))
-            try:
-                kind = NodeKind(spec["kind"])
-            except ValueError as exc:
-                raise BadRequest("create.kind must be 'file' or 'dir'") from exc
-            create = CreateSpec(kind=kind, ephemeral=bool(spec.get("ephemeral", False)),
+            create = CreateSpec(kind=parse_node_kind(spec["kind"]),
+                                ephemeral=bool(spec.get("ephemeral", False)),
                                 data=_b64(spec.get("data"), "create.data"))
         events: list[EventType] = []
         for name in doc.get("events", []):
-            try:
-                event = EventType(name)
-            except (ValueError, TypeError) as exc:
-                raise BadRequest(f"unknown event {name!r}") from exc
+            event = parse_event_type(name)
             if event is EventType.MASTER_FAILOVER:
                 raise BadRequest("master_failover is session-wide, not chosen per handle")
             events.append(event)
@@ -401,10 +401,7 @@ class HttpApi:
         if (fwd := await self._leader_only(request)) is not None:
             return fwd
         doc = _json_body(await request.read(), {"mode": (str,), "wait_ms": (int,)})
-        try:
-            mode = LockMode(doc.get("mode", "exclusive"))
-        except ValueError as exc:
-            raise BadRequest("mode must be 'exclusive' or 'shared'") from exc
+        mode = parse_lock_mode(doc.get("mode", "exclusive"))
         wait_ms = _capped(_int_in(doc.get("wait_ms"), "wait_ms", 0, 2**63)) or 0
         value = await self.service.acquire(request.match_info["session"],
                                            request.match_info["handle"], mode, wait_ms,
