@@ -23,7 +23,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import struct
 import threading
 import time
@@ -32,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lockcell.cli.localcell import LocalCell, LocalMember, http_json
+from lockcell.cli.localcell import LocalCell, LocalMember, free_port_base, http_json
 from lockcell.client import Cell, Conflict, FencedResource, LockcellError, StaleSequencer
 from lockcell.client.core import Health
 
@@ -51,34 +50,9 @@ from .checkers import (
 FAULT_KINDS = ["kill_leader", "kill_follower", "pause", "partition", "delay_loss",
                "torn_wal", "restart_all", "membership"]
 
-_PORT_LOCK = threading.Lock()
-
-
-_LAST_PORT_ERROR: list[str] = []
-
-
-def _port_free(port: int) -> bool:
-    try:
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
-            s.bind(("127.0.0.1", port))
-    except OSError as exc:
-        _LAST_PORT_ERROR[:] = [f"{port}: {exc}"]
-        return False
-    return True
-
-
 def free_base(size: int = 4) -> int:
-    """A base port in 50000-60000 with base+{0,10,20}+i (i < size) all free."""
-    rng = random.Random(os.getpid() ^ time.monotonic_ns())
-    with _PORT_LOCK:
-        for attempt in range(3000):
-            if attempt and attempt % 300 == 0:
-                time.sleep(0.5)
-            base = rng.randrange(50000, 60000 - 40, 10)
-            if all(_port_free(base + off + i) for off in (0, 10, 20) for i in range(size)):
-                return base
-    raise RuntimeError(f"no free port range in 50000-60000 (last: {_LAST_PORT_ERROR})")
+    """A base port with base+{0,10,20}+i (i < size) all free: clients, peers, proxy ports."""
+    return free_port_base([off + i for off in (0, 10, 20) for i in range(size)])
 
 
 # --------------------------------------------------------------------------- proxy

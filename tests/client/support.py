@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,30 +12,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from lockcell.cli.localcell import LocalCell, LocalMember
+from lockcell.cli.localcell import LocalCell, LocalMember, free_port_base
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 _rng = random.Random(os.getpid() ^ time.time_ns())
 
 
-def _free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def pick_base(size: int) -> int:
-    """A client port base in 40000-60000 whose client and peer ports are all free."""
-    while True:
-        base = _rng.randrange(40000, 59800)
-        ports = [*range(base, base + size), *range(base + 100, base + 100 + size)]
-        if all(_free(p) for p in ports):
-            return base
+    """A client port base whose client ports and peer ports (base + 100 + i) are all free."""
+    return free_port_base([*range(size), *range(100, 100 + size)], _rng)
 
 
 def start_cell(root: Path, *, size: int = 3, lease_ms: int = 12000, grace_ms: int = 45000,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -22,12 +21,12 @@ from typing import Any
 import pytest
 
 from lockcell.cli.localcell import LocalCell, http_json
+from lockcell.cli.localcell import free_port_base as localcell_free_port_base
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = ROOT / "dashboards"
 CHART = ROOT / "charts" / "lockcell"
 FETCH = ROOT / "tools" / "fetch-k8s-binaries.sh"
-PORT_RANGE = (30000, 40000)
 CELL_SIZE = 3
 
 
@@ -42,23 +41,9 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 # --------------------------------------------------------------------------- ports and cells
 
 
-def _free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def free_port_base(count: int, rng: random.Random | None = None) -> int:
-    """A random port in 30000-40000 with the ``count`` ports from it all free."""
-    rng = rng or random.Random()
-    for _ in range(200):
-        base = rng.randrange(PORT_RANGE[0], PORT_RANGE[1] - count)
-        if all(_free(base + i) for i in range(count)):
-            return base
-    raise RuntimeError("no free ports in 30000-40000")
+    """A random port base with the ``count`` ports from it all free."""
+    return localcell_free_port_base(range(count), rng)
 
 
 def start_cell(root: Path, name: str = "obs", env: dict[str, str] | None = None) -> LocalCell:

@@ -11,11 +11,7 @@ import base64
 import contextlib
 import http.client
 import json
-import os
-import random
 import signal
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -25,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from lockcell.cli.localcell import LocalCell, LocalMember
+from lockcell.cli.localcell import free_port_base as _free_base
 
 T = TypeVar("T")
 
@@ -335,32 +332,9 @@ def background(fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
 # --------------------------------------------------------------------------- cells
 
 
-_PORT_LOCK = threading.Lock()
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def free_port_base(size: int) -> int:
-    """A base B with B..B+size-1 (clients) and B+100..B+100+size-1 (peers) all free.
-
-    Bases are drawn from 20000-32000, below Linux's ephemeral range (32768-60999), so that
-    outgoing connections never take them; xdist workers draw independently.
-    """
-    rng = random.Random(os.getpid() ^ time.monotonic_ns())
-    with _PORT_LOCK:
-        for _ in range(200):
-            base = rng.randrange(20000, 32000 - 200, 10)
-            ports = [base + i for i in range(size)] + [base + 100 + i for i in range(size)]
-            if all(_port_free(p) for p in ports):
-                return base
-    raise RuntimeError("no free port range found")
+    """A base B with B..B+size-1 (clients) and B+100..B+100+size-1 (peers) all free."""
+    return _free_base([*range(size), *range(100, 100 + size)])
 
 
 def start_cell(root: Path, size: int = 3, *, lease_ms: int = 12000, tick_ms: int = 100,

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import random
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,8 +131,8 @@ class LocalCell:
                 if view["leader"] and voter_count == want and view["joint"] is None:
                     return dict(view)
                 last_error = f"{voter_count} voters, leader {view['leader']}"
-            except (OSError, RuntimeError, KeyError, ValueError) as exc:
-                last_error = str(exc)
+            except (OSError, RuntimeError, KeyError, ValueError, http.client.HTTPException) as exc:
+                last_error = f"{type(exc).__name__}: {exc}"
             time.sleep(0.1)
         raise TimeoutError(f"cell not ready after {timeout}s: {last_error}")
 
@@ -169,6 +173,47 @@ class LocalCell:
                 except subprocess.TimeoutExpired:
                     member.process.kill()
                     member.process.wait()
+
+
+def ephemeral_port_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' source ports (Linux default if unknown)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def port_is_free(port: int) -> bool:
+    """Whether a listener could bind 127.0.0.1:``port`` now (with SO_REUSEADDR, as servers do)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_base(offsets: Iterable[int], rng: random.Random | None = None,
+                   attempts: int = 2000) -> int:
+    """A base port B with every B + offset free on loopback, chosen below the ephemeral range.
+
+    Listening ports must stay out of the range the kernel draws source ports from: a client
+    polling a port nobody listens on yet can otherwise be connected to itself (TCP
+    simultaneous open), read its own request back as the response, and hold the port so the
+    server cannot bind it.
+    """
+    spread = sorted(set(offsets))
+    rng = rng or random.Random(os.getpid() ^ time.monotonic_ns())
+    low, high = 10000, min(ephemeral_port_range()[0], 65536) - 1 - spread[-1]
+    if high <= low:
+        raise RuntimeError("no room for listening ports below the ephemeral port range")
+    for _ in range(attempts):
+        base = rng.randrange(low, high)
+        if all(port_is_free(base + offset) for offset in spread):
+            return base
+    raise RuntimeError(f"no free loopback ports with offsets {spread} in {low}-{high}")
 
 
 def http_json(method: str, url: str, body: Any = None, timeout: float = 10.0,
