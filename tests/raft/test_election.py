@@ -14,9 +14,12 @@ from lockcell.raft.types import Entry, Message, MessageType, Role
 from .sim import Cluster
 from .support import (
     disk_with,
+    drain,
     followers,
     learner,
     log_from_terms,
+    lone_raft,
+    make_leader,
     sent,
     terms_of,
     tick_until,
@@ -322,3 +325,29 @@ def test_follower_whose_in_flight_appends_were_all_lost_catches_up(max_inflight:
     cluster.msg_filter = None
     tick_until(cluster, lambda: slow.raft.log.applied == lead.raft.log.committed,
                10 * cluster.election_ticks, f"{slow.id} catches up")
+
+
+def test_status_shows_answering_followers_active_at_every_tick() -> None:
+    """The leader's status must not flap: CheckQuorum resets its activity marks each election
+    timeout, yet a follower that keeps answering (a little later, as a real network does)
+    shows active at every tick, and one that falls silent shows inactive within two election
+    timeouts while the leader, still heard by a majority, keeps leading."""
+    raft = lone_raft("a", ["a", "b", "c"], election_ticks=10, heartbeat_ticks=1,
+                     check_quorum=True)
+    make_leader(raft)
+    in_flight: list[Message] = []
+    inactive_at = None
+    for tick in range(1, 41):
+        raft.tick()
+        sent = drain(raft)
+        progress = raft.status().progress
+        assert progress["b"].recent_active, f"answering follower inactive at tick {tick}"
+        if inactive_at is None and not progress["c"].recent_active:
+            inactive_at = tick
+        for m in in_flight:  # b's answers to the previous tick's heartbeats arrive now
+            raft.step(m)
+        in_flight = [Message(MessageType.HEARTBEAT_RESPONSE, to="a", sender="b", term=m.term,
+                             commit=m.commit)
+                     for m in sent if m.type is MessageType.HEARTBEAT and m.to == "b"]
+    assert inactive_at is not None and inactive_at <= 2 * 10 + 1
+    assert raft.role is Role.LEADER

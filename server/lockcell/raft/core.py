@@ -293,7 +293,10 @@ class Raft:
     def status(self) -> RaftStatus:
         """A snapshot of the core's state."""
         progress = {
-            node: FollowerStatus(p.match, p.next, p.state, p.learner, p.recent_active)
+            # Heard from in this election timeout or the last one: a reset by CheckQuorum
+            # must not make a healthy follower look silent until its next response.
+            node: FollowerStatus(p.match, p.next, p.state, p.learner,
+                                 p.recent_active or p.active_last_window)
             for node, p in self.progress.items()
         } if self.role is Role.LEADER else {}
         return RaftStatus(
@@ -811,6 +814,7 @@ class Raft:
                     self._become_follower(self.term, None)
                     return
                 for node, pr in self.progress.items():
+                    pr.active_last_window = pr.recent_active
                     pr.recent_active = node == self.id
         if self._heartbeat_elapsed >= self.config.heartbeat_ticks:
             self._heartbeat_elapsed = 0

@@ -24,6 +24,7 @@ class Progress:
     """The leader's view of one follower."""
 
     __slots__ = (
+        "active_last_window",
         "inflight",
         "known_commit",
         "learner",
@@ -43,6 +44,8 @@ class Progress:
         self.inflight: deque[int] = deque()
         self.pending_snapshot = 0
         self.recent_active = True
+        self.active_last_window = True
+        """``recent_active`` as it stood when CheckQuorum last reset it (for status)."""
         self.learner = learner
         self.known_commit = 0
 
