@@ -758,7 +758,14 @@ class Raft:
                 sent = True
                 if pr.state is not ProgressState.REPLICATE:
                     break
-            if not sent and self._commit_sent.get(node, 0) < min(pr.match, self.log.committed):
+            # A commit index with nothing new to carry waits for the next heartbeat: an
+            # extra append (and its answer) per commit would double a follower's work when
+            # writes come one at a time, and followers need not apply at once (clients
+            # reach the leader). Membership changes and a term's first entry are the
+            # exception: members must learn those commits promptly.
+            known = self._commit_sent.get(node, 0)
+            if not sent and known < self._pending_conf_index <= min(pr.match,
+                                                                    self.log.committed):
                 self._send_append(node, pr, send_if_empty=True)
 
     def _broadcast_heartbeat(self) -> None:

@@ -233,7 +233,8 @@ class Ready:
       ``entries`` must be durable (one fsync) before any of ``messages`` is sent,
       except that a leader may send its ``messages`` before its own fsync completes:
       it counts itself toward a commit only after ``advance``.
-    - ``committed_entries`` are safe to apply once this batch is durable.
+    - ``committed_entries`` are safe to apply once this batch is durable (those at or
+      below the log's stable index before this batch are safe at once).
     - ``read_states`` can be served when the applied index reaches their index.
     """
 
