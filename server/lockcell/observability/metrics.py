@@ -141,6 +141,8 @@ class MemberMetrics:
         self._leader: str | None = None
         self._role: Role | None = None
         self._lag_members: set[str] = set()
+        self._children: dict[tuple[object, ...], Any] = {}
+        """Labelled children already looked up (``labels()`` locks and allocates per call)."""
         for result in PROPOSAL_RESULTS:
             self.proposals.labels(result)
         self.leader_changes.inc(0)
@@ -149,9 +151,21 @@ class MemberMetrics:
 
     def observe_http(self, route: str, status: int, seconds: float) -> None:
         """Count one answered request."""
-        code = str(status)
-        self.http.labels(route, code).inc()
-        self.http_latency.labels(route, code).observe(seconds)
+        key = (self.http, route, status)
+        pair = self._children.get(key)
+        if pair is None:
+            code = str(status)
+            pair = self._children[key] = (self.http.labels(route, code),
+                                          self.http_latency.labels(route, code))
+        pair[0].inc()
+        pair[1].observe(seconds)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def observe(self, name: str, value: float = 1.0) -> None:
         """Driver and cell-service hook: ``fsync_seconds``, ``append_batch``,
@@ -171,21 +185,21 @@ class MemberMetrics:
         elif kind == "snapshot_bytes":
             self.snapshot_bytes.set(value)
         elif kind == "proposal" and rest in PROPOSAL_RESULTS:
-            self.proposals.labels(rest).inc(value)
+            self._child(self.proposals, rest).inc(value)
         elif kind == "write" and rest:
-            self.writes.labels(rest).observe(value)
+            self._child(self.writes, rest).observe(value)
         elif kind == "keepalive":
             self.keepalives.inc(value)
         elif kind == "session_expired":
             self.expired.inc(value)
         elif kind == "event" and rest:
-            self.events.labels(rest).inc(value)
+            self._child(self.events, rest).inc(value)
         elif kind == "lock_delay_block":
             self.lock_delay_blocks.inc(value)
         elif kind == "acquire":
             mode, _, result = rest.partition(":")
             if mode in ("exclusive", "shared") and result in ACQUIRE_RESULTS:
-                self.acquire.labels(mode, result).observe(value)
+                self._child(self.acquire, mode, result).observe(value)
 
     def on_driver_event(self, kind: str, info: Mapping[str, Any]) -> None:
         """Driver event hook: count leader and role changes, and membership changes."""
