@@ -21,7 +21,7 @@ from lockcell.cli.localcell import LocalCell, http_json
 
 from ..chaos.harness import free_base, stop_all
 
-IDLE = int(os.environ.get("LOCKCELL_HOSTILE_IDLE", "1000"))
+IDLE = int(os.environ.get("LOCKCELL_HOSTILE_IDLE", "10000"))
 
 
 @pytest.fixture(scope="module")
