@@ -301,6 +301,8 @@ class PeerTransport:
         self, address: str
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise PeerUnavailableError(f"not a peer address (host:port): {address!r}")
         reader, writer = await asyncio.open_connection(host.strip("[]"), int(port),
                                                        limit=MAX_FRAME)
         hello = json.dumps({"protocol": PROTOCOL, "cell": self.cell, "from": self.self_id,
