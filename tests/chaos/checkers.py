@@ -210,18 +210,26 @@ class Admission:
     accepted: bool
     section: int  # the holder's critical-section number (one per lock grant it got)
     end: float | None = None  # resource clock when the guarded operation finished
+    late: bool = False  # sent after the holder released that grant: known to be stale
 
 
 def check_lock_safety(admissions: Sequence[Admission]) -> CheckResult:
     """Critical sections accepted by the fenced resource never overlap, and the resource
-    never accepts a generation lower than one it already accepted (per lock path); one
+    never accepts a generation lower than one it already accepted (per lock path), nor a
+    sequencer known to be stale (``late``: its grant was released before it was sent); one
     exclusive generation never belongs to two holders."""
     problems: list[str] = []
     per_path: dict[str, list[Admission]] = {}
+    checked = 0
     for a in admissions:
+        if a.late:
+            checked += 1
+            if a.accepted:
+                problems.append(f"{a.path}: stale sequencer (generation {a.generation}, "
+                                f"released by {a.owner!r}) accepted at {a.t:.4f}")
+            continue
         if a.accepted:
             per_path.setdefault(a.path, []).append(a)
-    checked = 0
     for path, accepted in per_path.items():
         accepted.sort(key=lambda a: a.t)
         highest = None

@@ -159,8 +159,8 @@ def test_history_round_trips_for_replay(tmp_path):
 # ------------------------------------------------------------------ lock safety
 
 
-def adm(t, owner, gen, section, end=None, accepted=True, path="/ls/local/L"):
-    return Admission(t, owner, path, gen, accepted, section, end)
+def adm(t, owner, gen, section, end=None, accepted=True, path="/ls/local/L", late=False):
+    return Admission(t, owner, path, gen, accepted, section, end, late)
 
 
 def test_lock_safety_accepts_sequential_sections():
@@ -189,6 +189,13 @@ def test_lock_safety_rejects_lower_generation_and_shared_generation():
     assert not result and "two holders" in result.problems[0]
     # different paths are independent
     assert check_lock_safety([adm(0, "A", 3, 0, 0.1), adm(1, "B", 2, 0, 1.1, path="/x")])
+
+
+def test_lock_safety_rejects_an_accepted_late_write():
+    hist = [adm(0, "A", 3, 0, 0.1), adm(1, "A", 3, 0, accepted=False, late=True)]
+    assert check_lock_safety(hist)
+    result = check_lock_safety([adm(0, "A", 3, 0, 0.1), adm(1, "A", 3, 0, 1.1, late=True)])
+    assert not result and "stale sequencer" in result.problems[0]
 
 
 # ------------------------------------------------------------------ sessions

@@ -171,3 +171,30 @@ def test_a_lagging_follower_is_not_ready_before_it_has_caught_up(cell: LocalCell
             return
         time.sleep(0.005)
     pytest.fail("the follower never became ready")
+
+
+def test_members_restart_from_the_snapshots_on_their_disks(cell: LocalCell) -> None:
+    """Restoring a snapshot at startup must not need the peer transport yet (a member that
+    had snapshotted could not start again: the restore announced the member list to a
+    transport that did not exist)."""
+    heal(cell)
+    leader = serving_leader(cell)
+    api = Api(leader.url)
+    s = api.session(60000)
+    h = api.handle(s, f"{ROOT}/{uniq('reboot')}", "file")
+    for i in range(SNAPSHOT_EVERY + 10):
+        expect(api.set(s, h, f"v{i}".encode()), 200)
+    for member in cell.members:
+        wait_until(lambda m=member: list((m.data_dir / "raft").glob("*.snap")), 30,
+                   message=f"a snapshot on member {member.index}'s disk")
+    follower = followers(cell, leader)[0]
+    kill(follower, signal.SIGKILL)
+    cell.start_member(follower)
+    cell.wait_ready(60)
+    for member in cell.members:  # then the whole cell, from snapshots only
+        kill(member, signal.SIGTERM)
+    for member in cell.members:
+        cell.start_member(member)
+    cell.wait_ready(60)
+    again = Api(serving_leader(cell).url)
+    assert again.contents(s, h) == f"v{SNAPSHOT_EVERY + 9}".encode()

@@ -93,12 +93,17 @@ class LocalCell:
                     args += ["--join", other.url]
         return args
 
-    def start_member(self, member: LocalMember) -> None:
-        """Start (or restart) one member's process."""
+    def environment(self, member: LocalMember) -> dict[str, str]:
+        """The environment of ``member``'s process."""
         env = dict(os.environ)
         env.update({"LOCKCELL_ADMIN_TOKEN": self.admin_token,
                     "LOCKCELL_PEER_SECRET": self.peer_secret})
         env.update(self.extra_env)
+        return env
+
+    def start_member(self, member: LocalMember) -> None:
+        """Start (or restart) one member's process."""
+        env = self.environment(member)
         log = open(self.root / "logs" / f"member-{member.index}.log", "ab")  # noqa: SIM115
         member.process = subprocess.Popen(
             self.command(member), env=env, stdout=log, stderr=subprocess.STDOUT,

@@ -62,6 +62,9 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                    help="Raft tick; election timeout is 10 ticks (LOCKCELL_TICK_MS)")
     p.add_argument("--snapshot-every", type=int, default=int(_env("SNAPSHOT_EVERY", "20000")),
                    help="entries between snapshots (LOCKCELL_SNAPSHOT_EVERY)")
+    p.add_argument("--segment-size", type=int,
+                   default=int(_env("SEGMENT_SIZE", str(64 * 1024 * 1024))),
+                   help="bytes per WAL segment file (LOCKCELL_SEGMENT_SIZE)")
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
 
 
@@ -109,6 +112,7 @@ def run_serve(args: argparse.Namespace) -> int:
         admin_token=admin_token, peer_secret=peer_secret, lease_ms=args.lease_ms,
         max_lock_delay_ms=args.max_lock_delay_ms, grace_ms=args.grace_ms,
         tick_ms=args.tick_ms, snapshot_every=args.snapshot_every,
+        segment_size=args.segment_size,
     )
     from lockcell.api.server import serve
 

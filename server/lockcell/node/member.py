@@ -23,7 +23,7 @@ from lockcell.raft.core import ConfChangeInProgressError, bootstrap_entries
 from lockcell.raft.types import ChangeOp, ConfChange, ConfState, MemberChange, NodeId, Role
 from lockcell.statemachine.errors import ErrorCode, Failure
 from lockcell.storage.identity import open_member_identity
-from lockcell.storage.store import FileRaftStorage
+from lockcell.storage.store import DEFAULT_SEGMENT_SIZE, FileRaftStorage
 from lockcell.transport.peer import ForwardedReply, ForwardedRequest, PeerTransport
 
 log = logging.getLogger("lockcell.member")
@@ -54,6 +54,7 @@ class MemberConfig:
     tick_ms: int = 100
     election_ticks: int = 10
     snapshot_every: int = 20000
+    segment_size: int = DEFAULT_SEGMENT_SIZE
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -77,7 +78,8 @@ class Member:
     def __init__(self, config: MemberConfig) -> None:
         self.config = config
         self.id, created = open_member_identity(config.data_dir, config.name_hint)
-        self.storage = FileRaftStorage(config.data_dir / "raft")
+        self.storage = FileRaftStorage(config.data_dir / "raft",
+                                       segment_size=config.segment_size)
         if created and config.bootstrap:
             context = json.dumps({"members": {self.id: {
                 "url": config.advertised_client_url, "peer_url": config.advertised_peer_url}}})
@@ -144,7 +146,11 @@ class Member:
         self.transport._on_forward = handler
 
     def _members_changed(self, members: dict[NodeId, MemberAddress]) -> None:
-        self.transport.set_peers({m: _peer_address(a.peer_url) for m, a in members.items()})
+        # Restoring the snapshot on disk calls this while __init__ builds the driver, before
+        # the transport exists; start() hands the members to the transport then.
+        transport: PeerTransport | None = self.__dict__.get("transport")
+        if transport is not None:
+            transport.set_peers({m: _peer_address(a.peer_url) for m, a in members.items()})
 
     async def start(self) -> None:
         """Listen on the peer port, start the driver, and join if asked to."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from lockcell.storage.failpoints import failpoint
+
 TEMP_SUFFIX = ".tmp"
 """Suffix of files being written before an atomic rename; leftovers are garbage."""
 
@@ -30,26 +32,41 @@ def write_all(fd: int, data: bytes | memoryview, offset: int) -> int:
     return offset
 
 
-def atomic_write(path: Path, data: bytes, *, sync_directory: bool = True) -> None:
+def _no_failpoint(name: str) -> None:
+    """Failpoints off (the default of :func:`atomic_write`)."""
+
+
+def atomic_write(path: Path, data: bytes, *, sync_directory: bool = True,
+                 failpoints: str | None = None) -> None:
     """Replace ``path`` with ``data`` atomically: temp file, fsync, rename, fsync directory.
 
     After a crash the file holds either its old content or ``data``, never a mix. With
     ``sync_directory=False`` the caller must fsync the directory itself before relying on
-    the rename (useful to cover several renames with one directory fsync).
+    the rename (useful to cover several renames with one directory fsync). ``failpoints``
+    names a family of crash failpoints (``<family>.before_write``, ``.before_fsync``,
+    ``.before_rename``, ``.before_dir_fsync``, ``.after_dir_fsync``; see
+    :mod:`lockcell.storage.failpoints`) to pass between the steps.
     """
+    step = _no_failpoint if failpoints is None else failpoint
+    prefix = f"{failpoints}."
     temp = path.with_name(path.name + TEMP_SUFFIX)
+    step(prefix + "before_write")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         write_all(fd, data, 0)
+        step(prefix + "before_fsync")
         os.fsync(fd)
     except BaseException:
         os.close(fd)
         temp.unlink(missing_ok=True)
         raise
     os.close(fd)
+    step(prefix + "before_rename")
     os.replace(temp, path)
     if sync_directory:
+        step(prefix + "before_dir_fsync")
         fsync_directory(path.parent)
+        step(prefix + "after_dir_fsync")
 
 
 def ensure_directory(directory: Path) -> bool:

@@ -67,7 +67,8 @@ def write_snapshot(directory: Path, snapshot: Snapshot, image: bytes | None = No
     ``image`` is ``encode_snapshot(snapshot)`` when the caller already encoded it.
     """
     path = directory / snapshot_file_name(snapshot.meta.index, snapshot.meta.term)
-    atomic_write(path, encode_snapshot(snapshot) if image is None else image)
+    atomic_write(path, encode_snapshot(snapshot) if image is None else image,
+                 failpoints="snapshot")
     return path
 
 

@@ -47,6 +47,7 @@ from lockcell.storage.errors import (
     StorageClosedError,
     StorageCorruptError,
 )
+from lockcell.storage.failpoints import failpoint
 from lockcell.storage.fsutil import TEMP_SUFFIX, ensure_directory, fsync_directory
 from lockcell.storage.snapshots import (
     DamagedSnapshot,
@@ -462,20 +463,20 @@ class FileRaftStorage:
             keep = bisect.bisect_right(self._run_starts, index + 1) - 1
             del self._run_starts[:keep], self._run_terms[:keep]
             self._run_starts[0] = index + 1
-        doomed = _segments_behind(self._segments, index)
-        if doomed:
-            for segment in doomed:
-                segment.path.unlink(missing_ok=True)
-            del self._segments[: len(doomed)]
-            fsync_directory(self.directory)
+        self._delete_segments(_segments_behind(self._segments, index))
 
     def _drop_segments_before_last(self) -> None:
         """After a reset marker is durable, older segments are garbage."""
-        doomed = self._segments[:-1]
+        self._delete_segments(self._segments[:-1])
+
+    def _delete_segments(self, doomed: Sequence[_Segment]) -> None:
+        """Delete the oldest ``len(doomed)`` segments, durably."""
         if doomed:
+            failpoint("segment.before_delete")
             for segment in doomed:
                 segment.path.unlink(missing_ok=True)
-            del self._segments[:-1]
+                failpoint("segment.after_delete")
+            del self._segments[: len(doomed)]
             fsync_directory(self.directory)
 
     def _release(self) -> None:

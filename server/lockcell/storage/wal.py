@@ -28,6 +28,7 @@ from lockcell.storage.codec import (
     read_frame,
 )
 from lockcell.storage.errors import CodecError, StorageCorruptError
+from lockcell.storage.failpoints import failpoint
 from lockcell.storage.fsutil import TEMP_SUFFIX, fsync_directory, write_all
 
 SEGMENT_SUFFIX = ".wal"
@@ -201,8 +202,10 @@ class SegmentWriter:
             if reserve > 0:
                 _preallocate(fd, SEGMENT_HEADER_SIZE, reserve)
             os.fsync(fd)
+            failpoint("segment.before_rename")
             os.replace(temp, path)
             fsync_directory(directory)
+            failpoint("segment.after_create")
         except BaseException:
             os.close(fd)
             temp.unlink(missing_ok=True)
@@ -228,6 +231,7 @@ class SegmentWriter:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         try:
             if cut_tail:
+                failpoint("wal.before_truncate")
                 os.ftruncate(fd, end)
                 os.fsync(fd)
         except BaseException:
@@ -244,8 +248,11 @@ class SegmentWriter:
                 self._allocated = os.fstat(self._fd).st_size
             else:
                 self._preallocate = 0
+        failpoint("wal.before_write")
         write_all(self._fd, frame, self.offset)
+        failpoint("wal.after_write")
         os.fdatasync(self._fd)
+        failpoint("wal.after_fsync")
         self.offset = end
 
     def close(self) -> None:
