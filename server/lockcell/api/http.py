@@ -17,7 +17,14 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 from multidict import CIMultiDict, MultiDict
 
-from lockcell.api.openapi import ROUTES, Route, openapi_document
+from lockcell.api.openapi import (
+    CLIENT_URL_PATTERN,
+    MEMBER_ID_PATTERN,
+    PEER_URL_PATTERN,
+    ROUTES,
+    Route,
+    openapi_document,
+)
 from lockcell.api.statuspage import gather_status_view, render_status_page
 from lockcell.node.cell import CallFailed, CellService
 from lockcell.node.driver import Unavailable
@@ -40,6 +47,15 @@ LEADER_HEADER = "X-Lockcell-Leader"
 REQUEST_ID_HEADER = "X-Request-Id"
 MAX_BODY_BYTES = 1 << 20
 MAX_WAIT_MS = 300_000
+
+
+_HOT_PATHS = (
+    "/v1/sessions/{session}/handles/{handle}/lock",
+    "/v1/sessions/{session}/handles/{handle}",
+    "/v1/sessions/{session}/keepalive",
+    "/v1/sessions/{session}/handles",
+)
+"""Paths of the calls a busy cell answers most, matched first."""
 
 
 class BadRequest(Exception):
@@ -145,13 +161,23 @@ class HttpApi:
             "status_page": self.status_page,
         }
         self._handlers = handlers
-        for route in ROUTES:
-            self.app.router.add_route(route.method, route.path, handlers[route.name],
-                                      name=route.name)
+        self._route_names: dict[Handler, str] = {}
+        # One resource per path, hottest first: aiohttp tries a prefix's resources in
+        # order, so the lock and file calls should not wait behind the rare ones.
+        paths = sorted({r.path: i for i, r in reversed(list(enumerate(ROUTES)))}.items(),
+                       key=lambda item: (_HOT_PATHS.index(item[0])
+                                         if item[0] in _HOT_PATHS else len(_HOT_PATHS),
+                                         item[1]))
+        for path, _ in paths:
+            resource = self.app.router.add_resource(path)
+            for route in (r for r in ROUTES if r.path == path):
+                handler = handlers[route.name]
+                resource.add_route(route.method, handler)
+                self._route_names[handler] = route.name
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        return await self._dispatch(request.match_info.route.name or "unmatched", handler,
+        return await self._dispatch(self._route_names.get(handler, "unmatched"), handler,
                                     request)
 
     async def _dispatch(self, route: str, handler: Any, call: Any) -> web.StreamResponse:
@@ -467,6 +493,10 @@ class HttpApi:
         doc = _json_body(await request.read(),
                          {"id": (str,), "url": (str,), "peer_url": (str,)},
                          required=("id", "url", "peer_url"))
+        for key, pattern in (("id", MEMBER_ID_PATTERN), ("url", CLIENT_URL_PATTERN),
+                             ("peer_url", PEER_URL_PATTERN)):
+            if re.fullmatch(pattern, doc[key]) is None:  # ids end up in paths, URLs are dialled
+                raise BadRequest(f"{key} must match {pattern}")
         view = await self.member.add_learner(doc["id"], doc["url"], doc["peer_url"])
         return web.json_response(view, status=201)
 

@@ -29,6 +29,9 @@ from lockcell.transport.peer import ForwardedReply, ForwardedRequest, PeerTransp
 log = logging.getLogger("lockcell.member")
 
 CONFIGURATION_HISTORY = 32
+PROMOTE_MAX_LAG = 1000
+"""A learner is promoted only when in contact and at most this many entries behind the commit
+index (the operator waits for a lag of 100 before it asks)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +306,16 @@ class Member:
             raise CallFailed(Failure(ErrorCode.NOT_FOUND, f"{member_id} is not a member"))
         if conf.is_voter(member_id):
             return self.cluster_view()
+        # A voter that cannot vote costs quorum: promoting learners that never caught up
+        # (say, added with an unreachable address) would lose it a few calls later.
+        status = self.driver.status()
+        progress = status.progress.get(member_id)
+        if (progress is None or progress.match == 0 or not progress.recent_active
+                or status.commit - progress.match > PROMOTE_MAX_LAG):
+            match = progress.match if progress is not None else 0
+            raise _conflict(f"{member_id} has not caught up (match index {match} of "
+                            f"{status.commit}, in contact: "
+                            f"{progress is not None and progress.recent_active})")
         await self._change(ConfChange((MemberChange(ChangeOp.ADD_VOTER, member_id),)))
         return self.cluster_view()
 
