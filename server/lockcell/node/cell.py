@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import json
 import logging
 import secrets
@@ -49,6 +50,8 @@ from lockcell.statemachine.values import EventType, LockMode
 log = logging.getLogger("lockcell.cell")
 
 TOMBSTONE_TICK_SECONDS = 60.0
+LEASE_WAIT_SECONDS = 1.0
+"""How long a KeepAlive waits for a lapsed leader lease before it answers 503."""
 MIN_LEASE_MS = 1000
 MAX_LEASE_MS = 60000
 
@@ -130,6 +133,10 @@ class CellService:
         self._on_members = on_members
         self.driver: RaftDriver | None = None
         self._sessions: dict[str, _SessionMemory] = {}
+        self._expiry_heap: list[tuple[float, str]] = []
+        self._lease_back: asyncio.Future[None] | None = None
+        """Resolved when the leader lease holds again (KeepAlives wait on it together)."""
+        """(lease deadline when queued, session): expiry checks look only at the front."""
         self._queues: dict[str, _LockQueue] = {}
         self._serving = False
         self._expiry_task: asyncio.Task[None] | None = None
@@ -244,12 +251,17 @@ class CellService:
         """A new leader: fresh full leases and a master_failover event for every session."""
         now = time.monotonic()
         self._sessions = {}
+        self._expiry_heap = []
         for info in self.state.live_sessions():
             memory = self._new_memory(info.lease_ms, now + info.lease_ms / 1000.0)
             self._sessions[info.session] = memory
+            self._track_expiry(info.session, memory)
             self._queue_event(info.session, {"type": EventType.MASTER_FAILOVER.value,
                                              "handle": "", "path": ""})
         log.info("serving as leader with %d sessions", len(self._sessions))
+
+    def _track_expiry(self, session: str, memory: _SessionMemory) -> None:
+        heapq.heappush(self._expiry_heap, (memory.deadline, session))
 
     def _new_memory(self, lease_ms: int, deadline: float) -> _SessionMemory:
         """Leader memory for a session. Event numbers start above anything an earlier
@@ -261,6 +273,7 @@ class CellService:
         for memory in self._sessions.values():
             memory.wake.set()
         self._sessions = {}
+        self._expiry_heap = []
         for queue in self._queues.values():
             if queue.delay_timer is not None:
                 queue.delay_timer.cancel()
@@ -285,9 +298,10 @@ class CellService:
             self._queue_event(event.session, event.event)
         for effect in result.effects:
             if isinstance(effect, SessionStarted):
-                self._sessions[effect.session] = self._new_memory(
+                started = self._sessions[effect.session] = self._new_memory(
                     effect.lease_ms, time.monotonic() + effect.lease_ms / 1000.0
                 )
+                self._track_expiry(effect.session, started)
             elif isinstance(effect, SessionEnded):
                 memory = self._sessions.pop(effect.session, None)
                 if memory is not None:
@@ -402,9 +416,13 @@ class CellService:
         self._metric("keepalive")
         if ack is not None:
             memory.events = [e for e in memory.events if int(e["seq"]) > ack]
-        if not self._driver.holds_lease():
-            raise Unavailable("leader lease not held; cannot renew")
         lease_s = memory.lease_ms / 1000.0
+        if not self._driver.holds_lease():
+            # Hold the call briefly rather than bounce it: thousands of sessions retrying
+            # at once would keep the loop too busy to win the lease back.
+            await self._wait_for_lease(min(LEASE_WAIT_SECONDS, lease_s / 4))
+            if self._sessions.get(session) is not memory or not self._driver.holds_lease():
+                raise Unavailable("leader lease not held; cannot renew")
         memory.deadline = max(memory.deadline, received + lease_s)
         hold = min(max(wait_ms or 0, 0) / 1000.0, lease_s * 0.75)
         if hold > 0 and not memory.events:
@@ -422,6 +440,13 @@ class CellService:
                 "valid_ms": max(0, int((memory.deadline - received) * 1000)),
                 "events": list(memory.events)}
 
+    async def _wait_for_lease(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for the leader lease (checked with the expiry scan)."""
+        if self._lease_back is None or self._lease_back.done():
+            self._lease_back = asyncio.get_running_loop().create_future()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._lease_back), timeout)
+
     async def close_session(self, session: str, request_id: str | None) -> None:
         """CloseSession: releases locks (no lock-delay), closes handles."""
         await self.write(CloseSession(now_ms=0, session=session, request_id=request_id))
@@ -429,11 +454,17 @@ class CellService:
     async def _expire_forever(self) -> None:
         last = time.monotonic()
         next_tick = last + TOMBSTONE_TICK_SECONDS
+        lapsed_at: float | None = None
         while True:
             await asyncio.sleep(0.05)
             now = time.monotonic()
             stalled = now - last > 1.0
             last = now
+            lease_back = self._lease_back
+            if lease_back is not None and (self._driver.holds_lease() or not self.serving):
+                self._lease_back = None
+                if not lease_back.done():
+                    lease_back.set_result(None)
             if not self.serving:
                 continue
             if now >= next_tick:
@@ -447,9 +478,28 @@ class CellService:
                 for memory in self._sessions.values():
                     memory.deadline = max(memory.deadline, now + memory.lease_ms / 1000.0)
                 continue
-            for session, memory in list(self._sessions.items()):
-                if memory.deadline < now and memory.expiring is None:
-                    self._start_expiry(session, memory)
+            if not self._driver.holds_lease():
+                # Without the leader lease no KeepAlive can renew: expire nobody meanwhile,
+                # and give the time back once the lease holds again.
+                if lapsed_at is None:
+                    lapsed_at = now
+                continue
+            if lapsed_at is not None:
+                lapse, lapsed_at = now - lapsed_at, None
+                for memory in self._sessions.values():
+                    memory.deadline += lapse
+            # Deadlines only move later, so a session is looked at when the deadline it
+            # was queued with passes, and queued again if it has been renewed since.
+            heap = self._expiry_heap
+            while heap and heap[0][0] < now:
+                _, session = heapq.heappop(heap)
+                tracked = self._sessions.get(session)
+                if tracked is None or tracked.expiring is not None:
+                    continue
+                if tracked.deadline < now:
+                    self._start_expiry(session, tracked)
+                else:
+                    heapq.heappush(heap, (tracked.deadline, session))
 
     async def _tick_state(self) -> None:
         with contextlib.suppress(Unavailable):
@@ -475,6 +525,8 @@ class CellService:
                 else:
                     memory.expiring = None
                     memory.deadline = time.monotonic() + 1.0  # retry if still serving
+                    if self._sessions.get(session) is memory:
+                        self._track_expiry(session, memory)
                 if not done.done():
                     done.set_result(expired)
 
