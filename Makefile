@@ -33,8 +33,8 @@ unit: $(STAMP)
 
 test: lint unit
 
-bench: $(STAMP)
-	$(BIN)/python -m bench
+bench: $(STAMP)  # BENCH_ARGS="--quick" or "--only files --files 100000"
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 soak: $(STAMP)
 	LOCKCELL_SIM_SEEDS=$(SEEDS) $(BIN)/python -m pytest -q -n 2 -p no:cacheprovider tests/raft/test_simulation.py

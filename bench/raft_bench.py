@@ -40,7 +40,8 @@ def _pump(nodes: dict[str, Raft]) -> int:
     return applied
 
 
-def run(quick: bool = False, size: int = 3, batch: int = 64, payload: int = 100) -> dict[str, Any]:
+def run(quick: bool = False, size: int = 3, batch: int = 64, payload: int = 100,
+        seconds: float | None = None) -> dict[str, Any]:
     """Propose ``batch`` entries per round through the leader; report commits per second."""
     nodes = _cluster(size)
     leader = nodes["n0"]
@@ -48,7 +49,8 @@ def run(quick: bool = False, size: int = 3, batch: int = 64, payload: int = 100)
     _pump(nodes)
     assert leader.role is Role.LEADER
     data = b"x" * payload
-    seconds = 1.0 if quick else 3.0
+    if seconds is None:
+        seconds = 1.0 if quick else 3.0
     committed = 0
     started = time.perf_counter()
     while time.perf_counter() - started < seconds:
