@@ -134,9 +134,9 @@ class CellService:
         self.driver: RaftDriver | None = None
         self._sessions: dict[str, _SessionMemory] = {}
         self._expiry_heap: list[tuple[float, str]] = []
+        """(lease deadline when queued, session): expiry checks look only at the front."""
         self._lease_back: asyncio.Future[None] | None = None
         """Resolved when the leader lease holds again (KeepAlives wait on it together)."""
-        """(lease deadline when queued, session): expiry checks look only at the front."""
         self._queues: dict[str, _LockQueue] = {}
         self._serving = False
         self._expiry_task: asyncio.Task[None] | None = None
@@ -466,6 +466,7 @@ class CellService:
                 if not lease_back.done():
                     lease_back.set_result(None)
             if not self.serving:
+                lapsed_at = None  # a new term starts with fresh leases
                 continue
             if now >= next_tick:
                 next_tick = now + TOMBSTONE_TICK_SECONDS
