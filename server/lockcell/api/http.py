@@ -177,8 +177,8 @@ class HttpApi:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        return await self._dispatch(self._route_names.get(handler, "unmatched"), handler,
-                                    request)
+        route = self._route_names.get(request.match_info.handler, "unmatched")
+        return await self._dispatch(route, handler, request)
 
     async def _dispatch(self, route: str, handler: Any, call: Any) -> web.StreamResponse:
         """Run a handler, mapping documented errors to their answers (HTTP or forwarded)."""
