@@ -34,6 +34,15 @@ class LoopStats:
         """Completed operations per second of window."""
         return round(self.ops / self.window_s, 1)
 
+    def trouble(self, elections: float) -> str:
+        """The notes' tail: elections during the run and errors, if any."""
+        notes = ""
+        if elections:
+            notes += f"; {elections:.0f} ELECTIONS"
+        if self.errors:
+            notes += f"; {self.errors} errors, e.g. {self.error_samples[0]}"
+        return notes
+
 
 async def closed_loop(workers: int, warmup_s: float, window_s: float, op: Operation,
                       pids: list[int]) -> LoopStats:

@@ -58,10 +58,7 @@ async def run(ctx: Context) -> list[Result]:
     notes = (f"FIFO {'ok' if fair else 'NOT fair'}: per-client {min(counts)}-{max(counts)} "
              f"(mean {mean:.1f}, allowed ±{allowed:.1f}); mutual exclusion "
              f"{'ok' if exclusive else 'VIOLATED'}; {procstat.note(stats.cpu)}")
-    if changes["elections"]:
-        notes += f"; {changes['elections']:.0f} ELECTIONS"
-    if stats.errors:
-        notes += f"; {stats.errors} errors, e.g. {stats.error_samples[0]}"
+    notes += stats.trouble(changes["elections"])
     return [Result(
         "contended, one lock (handovers)", plural(clients, "client"), stats.ops_per_s,
         stats.latency.p50_ms, stats.latency.p99_ms, stats.cpu.total(), "3 members",

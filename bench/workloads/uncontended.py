@@ -39,10 +39,7 @@ async def measure(ctx: Context, cell: BenchCell, clients: int,
         await close_all(workers)
     changes = (await health.read(ctx, cell)).since(before)
     notes = procstat.note(stats.cpu)
-    if changes["elections"]:
-        notes += f"; {changes['elections']:.0f} ELECTIONS"
-    if stats.errors:
-        notes += f"; {stats.errors} errors, e.g. {stats.error_samples[0]}"
+    notes += stats.trouble(changes["elections"])
     return Result(
         label, plural(clients, "client"), stats.ops_per_s, stats.latency.p50_ms,
         stats.latency.p99_ms, stats.cpu.total(), f"{cell.size} members", ok=stats.ops > 0
