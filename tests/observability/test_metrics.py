@@ -23,7 +23,7 @@ TARGET_LABELS = {"namespace", "cell", "instance", "pod", "job", "service", "endp
                  "container"}
 
 # Snapshots every few entries, so that the traffic takes some.
-CELL_ENV = {"LOCKCELL_SNAPSHOT_EVERY": "20"}
+CELL_ENV = {"LOCKCELL_SNAPSHOT_EVERY": "10"}  # 10-15 entries apart (jittered)
 
 # DESIGN.md §6 and the observability issue: what the server must export.
 EXPECTED_SERVER = {

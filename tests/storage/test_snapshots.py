@@ -9,6 +9,7 @@ import pytest
 
 from lockcell.raft.types import HardState, Snapshot
 from lockcell.storage.errors import StorageCorruptError
+from lockcell.storage.snapshots import STAGED_SUFFIX
 from lockcell.storage.store import DEFAULT_SEGMENT_SIZE, FileRaftStorage, RestoredState
 from lockcell.storage.wal import SegmentWriter
 
@@ -259,3 +260,37 @@ def test_unencodable_snapshot_is_rejected_before_any_write(directory: Path) -> N
             store.save(None, [], snapshot(50, 2, voters=("y" * 70_000,)))
         assert snapshot_files(directory) == []
         store.save_snapshot(snapshot(5, 1))  # still usable
+
+
+def test_a_staged_snapshot_is_invisible_until_installed(directory: Path) -> None:
+    with FileRaftStorage(directory) as store:
+        fill(store, 40)
+        snap = snapshot(30, 1, data=b"staged image")
+        store.stage_snapshot(snap)
+        assert snapshot_files(directory) == []
+        assert [p.name for p in directory.glob("*" + STAGED_SUFFIX)]
+        store.save_snapshot(snap, staged=True)
+        assert not list(directory.glob("*" + STAGED_SUFFIX))
+    restored, _ = reload(directory)
+    assert restored.snapshot == snap
+    assert [e.index for e in restored.entries] == list(range(31, 41))
+
+
+def test_a_staged_snapshot_older_than_the_stored_one_is_dropped(directory: Path) -> None:
+    with FileRaftStorage(directory) as store:
+        fill(store, 40)
+        store.save_snapshot(snapshot(35, 1))
+        old = snapshot(30, 1, data=b"late")
+        store.stage_snapshot(old)
+        store.save_snapshot(old, staged=True)
+        assert not list(directory.glob("*" + STAGED_SUFFIX))
+    assert reload(directory)[0].snapshot.meta.index == 35
+
+
+def test_a_staged_snapshot_left_by_a_crash_is_removed_at_start(directory: Path) -> None:
+    with FileRaftStorage(directory) as store:
+        fill(store, 40)
+        store.stage_snapshot(snapshot(30, 1))
+    restored, _ = reload(directory)
+    assert restored.snapshot.empty and len(restored.entries) == 40
+    assert not list(directory.glob("*" + STAGED_SUFFIX))

@@ -202,17 +202,20 @@ class CellService:
                     str(address.get("url", "")), str(address.get("peer_url", ""))
                 )
         # A removed voter still votes in the joint configuration, so its address stays
-        # known; the book is pruned to the configuration when a snapshot is taken.
+        # known; snapshot images carry only the addresses of the configuration's members.
         if self._on_members is not None:
             self._on_members(dict(self.members))
 
     def snapshot(self) -> bytes:
-        """State-machine image plus the member address book (of current members)."""
+        """State-machine image plus the member address book (of current members only).
+
+        Reads and never changes anything: the driver may run it in a forked child."""
+        book_members = self.members
         if self.driver is not None:
             current = self.driver.core.conf.members()
-            self.members = {m: a for m, a in self.members.items() if m in current}
+            book_members = {m: a for m, a in self.members.items() if m in current}
         book = json.dumps(
-            {m: {"url": a.url, "peer_url": a.peer_url} for m, a in sorted(self.members.items())},
+            {m: {"url": a.url, "peer_url": a.peer_url} for m, a in sorted(book_members.items())},
             separators=(",", ":"),
         ).encode()
         return struct.pack("<I", len(book)) + book + self.state.snapshot()

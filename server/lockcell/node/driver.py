@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import random
@@ -32,8 +33,12 @@ from lockcell.raft.types import (
     NodeId,
     Ready,
     Role,
+    Snapshot,
+    SnapshotMeta,
 )
 from lockcell.storage.store import RaftStorage
+
+from . import imaging
 
 log = logging.getLogger("lockcell.node")
 
@@ -87,7 +92,14 @@ class DriverConfig:
     heartbeat_ticks: int = 1
     max_inflight: int = 64
     snapshot_every: int = 20_000
+    """Fewest applied entries between two snapshots (each member adds up to half again, at
+    random, so members do not all snapshot at once)."""
+    snapshot_log_ratio: float = 0.25
+    """...and the entries applied since must also add up to this share of the last image's
+    size, so a large state is not re-imaged every few seconds."""
     snapshot_retain: int = 2_000
+    snapshot_in_child: bool = True
+    """Build images in a forked child (see :mod:`.imaging`) instead of on the event loop."""
     clock_drift: float = 0.01
     lease_margin_ms: float = 50.0
 
@@ -141,7 +153,19 @@ class RaftDriver:
         )
         if not restored.snapshot.empty:
             app.restore(restored.snapshot.data)
+        self._rng = rng or random.Random()
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"wal-{node_id}")
+        self._imaging_io = ThreadPoolExecutor(max_workers=1,
+                                              thread_name_prefix=f"snapshot-{node_id}")
+        self._imaging: asyncio.Task[None] | None = None
+        self._image_child: imaging.ImageChild | None = None
+        self._built: Snapshot | None = None
+        """A staged snapshot waiting for the loop to adopt it between Ready batches."""
+        self._applied_bytes = 0
+        self._applied_bytes_at_snapshot = 0
+        self._last_image_size = len(restored.snapshot.data)
+        self._snapshot_gap = self._next_snapshot_gap()
+        self._snapshot_started = 0.0
         self._inbox: list[Message] = []
         self._proposals: list[_Proposal] = []
         self._waiting: dict[int, tuple[int, asyncio.Future[object]]] = {}
@@ -178,12 +202,15 @@ class RaftDriver:
     async def stop(self) -> None:
         """Stop the loop; pending calls fail with :class:`Unavailable`."""
         self._stopped = True
-        for task in (self._ticker, self._task):
+        if self._image_child is not None:
+            self._image_child.kill()
+        for task in (self._ticker, self._task, self._imaging):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         self._fail_all(Unavailable("member shutting down"))
+        self._imaging_io.shutdown(wait=True)
         self._io.shutdown(wait=True)
         self.storage.close()
 
@@ -316,12 +343,14 @@ class RaftDriver:
             self._wake.clear()
             try:
                 self._drain()
+                if self._built is not None:
+                    await self._install_snapshot()
                 while self.core.has_ready():
                     rd = self.core.ready()
                     await self._handle_ready(rd)
                     self.core.advance()
-                    if self._after_advance(rd):
-                        await self._take_snapshot()
+                    if self._after_advance(rd) and self._imaging is None:
+                        self._start_snapshot()
                     self._drain()
             except asyncio.CancelledError:
                 raise
@@ -463,6 +492,8 @@ class RaftDriver:
     def _after_advance(self, rd: Ready) -> bool:
         """Resolve waiters after a batch; True when it is time for a snapshot."""
         applied = self.core.log.applied
+        for entry in rd.committed_entries:
+            self._applied_bytes += len(entry.data)
         if rd.committed_entries or rd.snapshot is not None:
             if self._applied_waiters:
                 still: list[tuple[int, asyncio.Future[None]]] = []
@@ -480,17 +511,76 @@ class RaftDriver:
                 for f in batch.futures:
                     if not f.done():
                         f.set_result(None)
-        return applied - self.core.log.snapshot.meta.index >= self.config.snapshot_every
+        if applied - self.core.log.snapshot.meta.index < self._snapshot_gap:
+            return False
+        grown = self._applied_bytes - self._applied_bytes_at_snapshot
+        return grown >= self._last_image_size * self.config.snapshot_log_ratio
 
-    async def _take_snapshot(self) -> None:
-        """Image the state machine at the applied index and persist it on the WAL thread."""
+    def _next_snapshot_gap(self) -> int:
+        every = self.config.snapshot_every
+        return every + self._rng.randrange(every // 2 + 1)
+
+    def _start_snapshot(self) -> None:
+        """Image the state machine exactly at the applied index: fork a child that
+        serialises its copy-on-write view (or, when forking is impossible, serialise here),
+        and let a task collect and stage the image off the loop."""
+        self._snapshot_started = time.perf_counter()
+        meta = self.core.snapshot_meta()
+        self._applied_bytes_at_snapshot = self._applied_bytes
+        child: imaging.ImageChild | None = None
+        data: bytes | None = None
+        if self.config.snapshot_in_child and imaging.can_fork():
+            try:
+                child = imaging.fork_image(self.app.snapshot)
+            except OSError as exc:
+                log.warning("cannot fork to build a snapshot (%s); building it inline", exc)
+        if child is None:
+            data = self.app.snapshot()
+        self._image_child = child
+        self._imaging = asyncio.get_running_loop().create_task(
+            self._stage_snapshot(meta, child, data), name=f"raft-snapshot-{self.id}")
+
+    async def _stage_snapshot(self, meta: SnapshotMeta, child: imaging.ImageChild | None,
+                              data: bytes | None) -> None:
+        """Collect the child's image, write and fsync it as a staged file on the snapshot
+        thread, then hand it to the loop to install between Ready batches."""
+        loop = asyncio.get_running_loop()
+        try:
+            if child is not None:
+                try:
+                    data = await loop.run_in_executor(self._imaging_io, child.collect)
+                finally:
+                    self._image_child = None
+            assert data is not None
+            snap = Snapshot(meta, data)
+            await loop.run_in_executor(self._imaging_io, self.storage.stage_snapshot, snap)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            if not self._stopped:
+                log.exception("building a snapshot failed; the next one will be tried later")
+                self._metric("snapshot_failures")
+            self._imaging = None
+            return
+        self._built = snap
+        self._last_image_size = len(data)
+        self._snapshot_gap = self._next_snapshot_gap()
+        self._wake.set()
+
+    async def _install_snapshot(self) -> None:
+        """Adopt a staged snapshot into the core and install its file (on the WAL thread,
+        ordered with log writes); called by the loop between Ready batches."""
+        snap, self._built = self._built, None
+        assert snap is not None
         started = time.perf_counter()
-        snap = self.core.create_snapshot(self.app.snapshot())
-        await asyncio.get_running_loop().run_in_executor(
-            self._io, self.storage.save_snapshot, snap)
-        if self.metrics_hook is not None:
-            self.metrics_hook("snapshot_seconds", time.perf_counter() - started)
-            self.metrics_hook("snapshot_bytes", float(len(snap.data)))
+        try:
+            self.core.adopt_snapshot(snap)
+            await asyncio.get_running_loop().run_in_executor(
+                self._io, functools.partial(self.storage.save_snapshot, snap, staged=True))
+        finally:
+            self._imaging = None
+        self._metric("snapshot_seconds", time.perf_counter() - started)
+        self._metric("snapshot_bytes", float(len(snap.data)))
 
     def _on_soft_state(self, role: Role, leader: NodeId | None) -> None:
         if self.event_hook is not None:

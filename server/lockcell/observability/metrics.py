@@ -100,7 +100,12 @@ class MemberMetrics:
                                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
                                registry=r)
         self.snapshot = Histogram("lockcell_snapshot_seconds",
-                                  "Snapshot creation time (image and persist)", registry=r)
+                                  "Snapshot creation time, image to installed file "
+                                  "(built in a child process off the event loop)",
+                                  registry=r)
+        self.snapshot_failures = Counter("lockcell_snapshot_failures_total",
+                                         "Snapshots that could not be built or staged",
+                                         registry=r)
         self.snapshot_restore = Histogram("lockcell_snapshot_restore_seconds",
                                           "Time to install a snapshot received from the "
                                           "leader", registry=r)
@@ -170,6 +175,7 @@ class MemberMetrics:
     def observe(self, name: str, value: float = 1.0) -> None:
         """Driver and cell-service hook: ``fsync_seconds``, ``append_batch``,
         ``snapshot_seconds``, ``snapshot_restore_seconds``, ``snapshot_bytes``,
+        ``snapshot_failures``,
         ``proposal:<result>``, ``keepalive``, ``session_expired``, ``event:<type>``,
         ``lock_delay_block``, ``acquire:<mode>:<result>`` (seconds),
         ``write:<command>`` (seconds). Unknown names are ignored."""
@@ -184,6 +190,8 @@ class MemberMetrics:
             self.snapshot_restore.observe(value)
         elif kind == "snapshot_bytes":
             self.snapshot_bytes.set(value)
+        elif kind == "snapshot_failures":
+            self.snapshot_failures.inc(value)
         elif kind == "proposal" and rest in PROPOSAL_RESULTS:
             self._child(self.proposals, rest).inc(value)
         elif kind == "write" and rest:

@@ -259,15 +259,31 @@ class Raft:
 
     def create_snapshot(self, data: bytes) -> Snapshot:
         """Adopt a state-machine image taken at the applied index and compact the log."""
+        snap = Snapshot(self.snapshot_meta(), data)
+        self.adopt_snapshot(snap)
+        return snap
+
+    def snapshot_meta(self) -> SnapshotMeta:
+        """What a state-machine image taken now describes: the applied index, its term
+        and the configuration in force there."""
         index = self.log.applied
         if self._conf_applied_index > index:
             raise ValueError("the log is still being replayed; snapshot after it is applied")
         term = self.log.term(index)
         if term is None:
             raise ValueError(f"cannot snapshot at compacted index {index}")
-        snap = Snapshot(SnapshotMeta(index=index, term=term, conf=self.conf), data)
-        self.log.compact(snap, self.config.snapshot_retain_entries)
-        return snap
+        return SnapshotMeta(index=index, term=term, conf=self.conf)
+
+    def adopt_snapshot(self, snapshot: Snapshot) -> bool:
+        """Adopt an image built (perhaps elsewhere) from :meth:`snapshot_meta` and compact
+        the log behind it; False, changing nothing, when a newer snapshot arrived meanwhile."""
+        if snapshot.meta.index <= self.log.snapshot.meta.index:
+            return False
+        if self.log.term(snapshot.meta.index) != snapshot.meta.term:
+            raise ValueError(f"snapshot at {snapshot.meta.index} term {snapshot.meta.term} "
+                             "does not match the log")
+        self.log.compact(snapshot, self.config.snapshot_retain_entries)
+        return True
 
     def lease_anchor_tick(self) -> int | None:
         """Tick at which the newest heartbeat round a quorum acknowledged was sent.

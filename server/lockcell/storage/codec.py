@@ -276,6 +276,12 @@ def decode_segment_header(buf: bytes | memoryview) -> SegmentHeader:
 
 def encode_snapshot(snapshot: Snapshot) -> bytes:
     """Encode a snapshot file image (metadata, configuration, data, trailing crc32)."""
+    return b"".join(snapshot_file_chunks(snapshot))
+
+
+def snapshot_file_chunks(snapshot: Snapshot) -> list[bytes]:
+    """The pieces of :func:`encode_snapshot`'s image, in order, without copying the data
+    (so a large image can be written without building it in memory twice)."""
     meta = snapshot.meta
     try:
         parts = [_SNAPSHOT_HEAD.pack(SNAPSHOT_MAGIC, meta.index, meta.term)]
@@ -285,8 +291,11 @@ def encode_snapshot(snapshot: Snapshot) -> bytes:
         parts.extend(_encode_id_set(members))
     parts.append(_DATA_LEN.pack(len(snapshot.data)))
     parts.append(snapshot.data)
-    body = b"".join(parts)
-    return body + _CRC.pack(zlib.crc32(body))
+    crc = 0
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+    parts.append(_CRC.pack(crc))
+    return parts
 
 
 def _encode_id_set(members: Iterable[str]) -> list[bytes]:

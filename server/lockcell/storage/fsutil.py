@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from lockcell.storage.failpoints import failpoint
@@ -47,20 +48,38 @@ def atomic_write(path: Path, data: bytes, *, sync_directory: bool = True,
     ``.before_rename``, ``.before_dir_fsync``, ``.after_dir_fsync``; see
     :mod:`lockcell.storage.failpoints`) to pass between the steps.
     """
+    temp = path.with_name(path.name + TEMP_SUFFIX)
+    write_synced(temp, (data,), failpoints=failpoints)
+    replace_synced(temp, path, sync_directory=sync_directory, failpoints=failpoints)
+
+
+def write_synced(path: Path, chunks: Iterable[bytes | memoryview], *,
+                 failpoints: str | None = None) -> None:
+    """Write ``chunks`` one after another into a fresh ``path`` and fsync it (first half
+    of :func:`atomic_write`; the file is removed again if anything fails)."""
     step = _no_failpoint if failpoints is None else failpoint
     prefix = f"{failpoints}."
-    temp = path.with_name(path.name + TEMP_SUFFIX)
     step(prefix + "before_write")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
-        write_all(fd, data, 0)
+        offset = 0
+        for chunk in chunks:
+            offset = write_all(fd, chunk, offset)
         step(prefix + "before_fsync")
         os.fsync(fd)
     except BaseException:
         os.close(fd)
-        temp.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
         raise
     os.close(fd)
+
+
+def replace_synced(temp: Path, path: Path, *, sync_directory: bool = True,
+                   failpoints: str | None = None) -> None:
+    """Rename a file written by :func:`write_synced` over ``path`` and, unless told not to,
+    fsync the directory (second half of :func:`atomic_write`)."""
+    step = _no_failpoint if failpoints is None else failpoint
+    prefix = f"{failpoints}."
     step(prefix + "before_rename")
     os.replace(temp, path)
     if sync_directory:

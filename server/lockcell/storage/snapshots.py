@@ -9,14 +9,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lockcell.raft.types import Snapshot
-from lockcell.storage.codec import decode_snapshot, encode_snapshot
+from lockcell.storage.codec import decode_snapshot, encode_snapshot, snapshot_file_chunks
 from lockcell.storage.errors import CodecError
-from lockcell.storage.fsutil import atomic_write, fsync_directory
+from lockcell.storage.fsutil import (
+    TEMP_SUFFIX,
+    atomic_write,
+    fsync_directory,
+    replace_synced,
+    write_synced,
+)
 
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_SUFFIX = ".snap"
 CORRUPT_SUFFIX = ".corrupt"
+STAGED_SUFFIX = ".staged" + TEMP_SUFFIX
+"""A snapshot written and fsynced but not yet installed (garbage after a restart)."""
 _SNAPSHOT_NAME = re.compile(r"snapshot-(\d{20,})-(\d{20,})\.snap")
 
 
@@ -69,6 +77,27 @@ def write_snapshot(directory: Path, snapshot: Snapshot, image: bytes | None = No
     path = directory / snapshot_file_name(snapshot.meta.index, snapshot.meta.term)
     atomic_write(path, encode_snapshot(snapshot) if image is None else image,
                  failpoints="snapshot")
+    return path
+
+
+def staged_snapshot_path(directory: Path, snapshot: Snapshot) -> Path:
+    """Where :func:`stage_snapshot` writes ``snapshot``."""
+    return directory / (snapshot_file_name(snapshot.meta.index, snapshot.meta.term)
+                        + STAGED_SUFFIX)
+
+
+def stage_snapshot(directory: Path, snapshot: Snapshot) -> Path:
+    """Write ``snapshot`` under its staging name and fsync it; nothing reads it until
+    :func:`install_staged_snapshot`. Touches no other file, so it may run on any thread."""
+    path = staged_snapshot_path(directory, snapshot)
+    write_synced(path, snapshot_file_chunks(snapshot), failpoints="snapshot")
+    return path
+
+
+def install_staged_snapshot(directory: Path, snapshot: Snapshot) -> Path:
+    """Rename a staged snapshot to its real name and fsync the directory."""
+    path = directory / snapshot_file_name(snapshot.meta.index, snapshot.meta.term)
+    replace_synced(staged_snapshot_path(directory, snapshot), path, failpoints="snapshot")
     return path
 
 

@@ -51,8 +51,11 @@ from lockcell.storage.failpoints import failpoint
 from lockcell.storage.fsutil import TEMP_SUFFIX, ensure_directory, fsync_directory
 from lockcell.storage.snapshots import (
     DamagedSnapshot,
+    install_staged_snapshot,
     load_newest_snapshot,
     prune_snapshots,
+    stage_snapshot,
+    staged_snapshot_path,
     write_snapshot,
 )
 from lockcell.storage.wal import (
@@ -123,9 +126,16 @@ class RaftStorage(Protocol):
         durable."""
         ...
 
-    def save_snapshot(self, snapshot: Snapshot) -> None:
+    def stage_snapshot(self, snapshot: Snapshot) -> None:
+        """Write a locally created snapshot to a staging file and fsync it, without
+        installing it. Touches nothing :meth:`save` uses, so it may run on another thread
+        while :meth:`save` runs; :meth:`save_snapshot` with ``staged=True`` installs it."""
+        ...
+
+    def save_snapshot(self, snapshot: Snapshot, *, staged: bool = False) -> None:
         """Persist a locally created snapshot atomically (temp file, fsync, rename, fsync
-        dir) and compact: segments wholly at or below the snapshot index may be deleted."""
+        dir) and compact: segments wholly at or below the snapshot index may be deleted.
+        With ``staged``, the file written by :meth:`stage_snapshot` is installed."""
         ...
 
     def close(self) -> None:
@@ -316,16 +326,23 @@ class FileRaftStorage:
             self._failed = err
             raise
 
-    def save_snapshot(self, snapshot: Snapshot) -> None:
+    def stage_snapshot(self, snapshot: Snapshot) -> None:
+        """Write and fsync ``snapshot`` under its staging name (see :class:`RaftStorage`)."""
+        stage_snapshot(self.directory, snapshot)
+
+    def save_snapshot(self, snapshot: Snapshot, *, staged: bool = False) -> None:
         """Persist a locally created snapshot and compact the log behind it.
 
         The snapshot must describe an entry the log holds (same index and term);
-        otherwise ``ValueError``. A snapshot not newer than the stored one is ignored.
+        otherwise ``ValueError``. A snapshot not newer than the stored one is ignored
+        (and its staging file, if ``staged``, deleted).
         """
         self._check_usable()
         self._restored = None
         meta = snapshot.meta
         if meta.index <= self._snapshot_meta.index:
+            if staged:
+                staged_snapshot_path(self.directory, snapshot).unlink(missing_ok=True)
             return
         if meta.index > self._last_index:
             raise ValueError(
@@ -336,9 +353,13 @@ class FileRaftStorage:
                 f"snapshot at index {meta.index} has term {meta.term} but the log holds "
                 f"term {self.term(meta.index)} there"
             )
-        image = encode_snapshot(snapshot)
+        image = b"" if staged else encode_snapshot(snapshot)  # a bad one fails before writing
         try:
-            self._install_snapshot_file(snapshot, image)
+            if staged:
+                install_staged_snapshot(self.directory, snapshot)
+                self._after_snapshot_file(meta)
+            else:
+                self._install_snapshot_file(snapshot, image)
             self._compact(meta)
         except BaseException as err:
             self._failed = err
@@ -448,7 +469,10 @@ class FileRaftStorage:
 
     def _install_snapshot_file(self, snapshot: Snapshot, image: bytes) -> None:
         write_snapshot(self.directory, snapshot, image)
-        self._snapshot_meta = snapshot.meta
+        self._after_snapshot_file(snapshot.meta)
+
+    def _after_snapshot_file(self, meta: SnapshotMeta) -> None:
+        self._snapshot_meta = meta
         if prune_snapshots(self.directory, self._keep_snapshots):
             fsync_directory(self.directory)
 
