@@ -483,9 +483,11 @@ def test_cli_exit_codes_without_a_cell() -> None:
     assert done.returncode == 2
 
 
-def view(term: int, leader: str | None, me: str, urls: dict[str, str]) -> core.ClusterView:
+def view(term: int, leader: str | None, me: str, urls: dict[str, str],
+         in_contact: bool = False) -> core.ClusterView:
     return core.ClusterView.from_json({
         "leader": leader, "term": term, "commit_index": 1, "joint": None,
+        "leader_in_contact": in_contact,
         "members": [{"id": i, "url": u, "peer_url": "p", "role": "voter", "match_index": 1}
                     for i, u in urls.items()],
         "self": {"id": me}})
@@ -501,3 +503,40 @@ def test_choose_leader_distrusts_a_leader_that_failed_and_prefers_newer_terms() 
     back = [("http://a", view(3, "a", "a", urls))]  # it failed, but answers now
     assert core.choose_leader(back, failed={"http://a"}) == "http://a"
     assert core.choose_leader([("http://b", view(5, None, "b", urls))], failed=()) is None
+
+
+def test_choose_relay_only_through_members_still_hearing_from_the_leader() -> None:
+    urls = {"a": "http://a", "b": "http://b", "c": "http://c"}
+    # a failed us; b and c still hear from it: go through one of them
+    hearing = [("http://b", view(3, "a", "b", urls, in_contact=True)),
+               ("http://c", view(3, "a", "c", urls, in_contact=False))]
+    assert core.choose_relay(hearing, failed={"http://a"}) == ("http://b", "http://a")
+    # nobody hears from it (it may be dead): no relay, wait for an election
+    silent = [("http://b", view(3, "a", "b", urls)), ("http://c", view(3, "a", "c", urls))]
+    assert core.choose_relay(silent, failed={"http://a"}) is None
+    # the named leader did not fail us: no relay needed
+    assert core.choose_relay(hearing, failed=set()) is None
+    # the newest term wins
+    newer = [*hearing, ("http://c", view(4, "a", "c", urls, in_contact=True))]
+    assert core.choose_relay(newer, failed={"http://a"}) == ("http://c", "http://a")
+
+
+def test_relaying_ignores_the_unreachable_leader_until_the_hold_ends() -> None:
+    eps = EndpointSet(["http://a", "http://b", "http://c"])
+    eps.note_leader("http://a")
+    eps.failed("http://a")
+    eps.relay_through("http://b", "http://a", now=100.0, hold=2.0)
+    assert eps.current() == "http://b"
+    eps.succeeded("http://b")
+    eps.note_leader("http://a", now=101.0)  # the relay's answer names the leader
+    assert eps.current() == "http://b"
+    eps.failed("http://b", leader_hint="http://a")  # nor does a hint bring it back
+    assert eps.current() == "http://c"
+    eps.succeeded("http://c")
+    eps.note_leader("http://a", now=102.5)  # after the hold the leader is tried again
+    assert eps.current() == "http://a"
+    eps.failed("http://a")
+    eps.relay_through("http://b", "http://a", now=103.0)
+    eps.revive(["http://a"])  # it answered directly: trusted at once
+    eps.note_leader("http://a", now=103.1)
+    assert eps.current() == "http://a"

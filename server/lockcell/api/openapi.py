@@ -220,6 +220,9 @@ ANSWERS: dict[str, dict[str, Any]] = {
     "Cluster": _object({
         "leader": _nullable({"type": "string"}),
         "term": _COUNT,
+        "leader_in_contact": {"type": "boolean", "description":
+                              "this member leads, or heard from its leader within an "
+                              "election timeout (so it can forward calls to it)"},
         "commit_index": _COUNT,
         "members": {"type": "array", "items": _object({
             "id": {"type": "string"},

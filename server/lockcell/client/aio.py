@@ -196,7 +196,7 @@ class AsyncCell:
                 else:
                     if not core.is_retryable(answer.status):
                         self.endpoints.succeeded(url)
-                        self.endpoints.note_leader(answer.leader)
+                        self.endpoints.note_leader(answer.leader, time.monotonic())
                         return core.check_answer(current, answer)
                     self.endpoints.failed(url, answer.leader)
                     error = error_from_answer(answer.status, answer.body)
@@ -221,7 +221,7 @@ class AsyncCell:
         for _, view in views:
             self.endpoints.learn(m.url for m in view.members)
         if leader is not None:
-            self.endpoints.note_leader(leader)
+            self.endpoints.note_leader(leader, time.monotonic())
             for _, view in views:
                 if view.leader_url and core.normalize_endpoint(view.leader_url) == leader:
                     return view
@@ -260,8 +260,12 @@ class AsyncCell:
                 for _, view in views:
                     endpoints.learn(m.url for m in view.members)
                 if leader is not None:
-                    endpoints.note_leader(leader)
+                    endpoints.note_leader(leader, now)
                     return leader
+                relay = core.choose_relay(views, endpoints.failed_lately)
+                if relay is not None:  # cut off from the leader alone: go through a member
+                    endpoints.relay_through(*relay, now)
+                    return relay[0]
         if self._discovery_answered and endpoints.leader is None:
             return None
         return endpoints.current()
@@ -568,7 +572,7 @@ class AsyncSession:
                 if parsed is not None:
                     failures = 0
                     endpoints.succeeded(url)
-                    endpoints.note_leader(answer.leader)
+                    endpoints.note_leader(answer.leader, time.monotonic())
                     self._emit(self.core.on_keepalive(sent, now, parsed, answer.leader))
                     self._wake.set()
                     continue

@@ -59,6 +59,11 @@ def resolve_endpoints(value: str | Sequence[str] | None,
     return tuple(urls)
 
 
+RELAY_HOLD_S = 2.0
+"""How long calls go through a forwarding member before the unreachable leader is tried
+directly again."""
+
+
 class EndpointSet:
     """Which member to talk to: the known leader first, else round robin over the rest.
 
@@ -74,6 +79,9 @@ class EndpointSet:
         self._cursor = 0
         self._failed: set[str] = set()
         self.failures_in_a_row = 0
+        self._unreachable_leader: tuple[str, float] | None = None
+        """A leader we cannot reach while other members forward to it, and until when
+        calls go through them instead (see :meth:`relay_through`)."""
 
     def current(self) -> str:
         """The member the next call goes to."""
@@ -81,14 +89,30 @@ class EndpointSet:
             return self.leader
         return self.urls[self._cursor % len(self.urls)]
 
-    def note_leader(self, url: str | None) -> None:
-        """Remember the leader a member named (ignored when empty)."""
+    def note_leader(self, url: str | None, now: float | None = None) -> None:
+        """Remember the leader a member named (ignored when empty, and, until ``now``
+        passes the relay deadline, when it is the leader we could not reach)."""
         if not url:
             return
         url = normalize_endpoint(url)
+        if self._unreachable_leader is not None and url == self._unreachable_leader[0]:
+            if now is None or now < self._unreachable_leader[1]:
+                return
+            self._unreachable_leader = None
         if url not in self.urls:
             self.urls.append(url)
         self.leader = url
+
+    def relay_through(self, relay: str, leader: str, now: float,
+                      hold: float = RELAY_HOLD_S) -> None:
+        """Send calls to ``relay`` (a member forwarding to ``leader``, which we cannot
+        reach) for ``hold`` seconds; then the leader is tried directly again."""
+        relay = normalize_endpoint(relay)
+        if relay not in self.urls:
+            self.urls.append(relay)
+        self._unreachable_leader = (normalize_endpoint(leader), now + hold)
+        self.leader = None
+        self._cursor = self.urls.index(relay)
 
     def succeeded(self, url: str) -> None:
         """A call to ``url`` got an answer (not 503)."""
@@ -106,7 +130,9 @@ class EndpointSet:
             self._failed = {url}
         if leader_hint:
             hint = normalize_endpoint(leader_hint)
-            if hint != url and hint not in self._failed:
+            unreachable = self._unreachable_leader is not None \
+                and hint == self._unreachable_leader[0]
+            if hint != url and hint not in self._failed and not unreachable:
                 self.note_leader(hint)
                 return
         self.leader = None
@@ -126,7 +152,10 @@ class EndpointSet:
     def revive(self, urls: Iterable[str]) -> None:
         """These members answered (e.g. ``GET /v1/cluster``): they are reachable."""
         for url in urls:
-            self._failed.discard(normalize_endpoint(url))
+            url = normalize_endpoint(url)
+            self._failed.discard(url)
+            if self._unreachable_leader is not None and url == self._unreachable_leader[0]:
+                self._unreachable_leader = None
 
     def learn(self, urls: Iterable[str | None]) -> None:
         """Add member URLs (from ``GET /v1/cluster``)."""
@@ -165,6 +194,29 @@ def choose_leader(views: Sequence[tuple[str, ClusterView]],
         if best is None or key > best:
             best, chosen = key, url
     return chosen
+
+
+def choose_relay(views: Sequence[tuple[str, ClusterView]],
+                 failed: Iterable[str]) -> tuple[str, str] | None:
+    """When the leader the members name failed us but they still hear from it, a member
+    to send calls through (it forwards them): ``(relay URL, leader URL)``, or ``None``.
+
+    This is the client cut off from the leader alone; members in contact with a live
+    leader forward faithfully, so the client need not wait for the cut to heal.
+    """
+    answered = {normalize_endpoint(url) for url, _ in views}
+    distrusted = {normalize_endpoint(url) for url in failed} - answered
+    best: tuple[int, str, str] | None = None
+    for url, view in views:
+        leader = view.leader_url
+        if not leader or not view.leader_in_contact:
+            continue
+        leader = normalize_endpoint(leader)
+        if leader not in distrusted:
+            continue
+        if best is None or view.term > best[0]:
+            best = (view.term, normalize_endpoint(url), leader)
+    return None if best is None else (best[1], best[2])
 
 
 def backoff_delay(attempt: int, rng: random.Random, base: float = 0.05,
@@ -385,6 +437,8 @@ class ClusterView:
     raw: Json = field(compare=False, repr=False)
     self_id: str | None = None
     """The answering member (when the member says who it is)."""
+    leader_in_contact: bool = False
+    """The answering member leads or heard from its leader within an election timeout."""
 
     @property
     def leader_url(self) -> str | None:
@@ -416,7 +470,8 @@ class ClusterView:
         return ClusterView(leader if isinstance(leader, str) else None, _int(doc, "term"),
                            _int(doc, "commit_index"), tuple(members),
                            joint if isinstance(joint, dict) else None, dict(doc),
-                           self_id if isinstance(self_id, str) else None)
+                           self_id if isinstance(self_id, str) else None,
+                           doc.get("leader_in_contact") is True)
 
 
 # ---------------------------------------------------------------------- sequencers

@@ -234,6 +234,8 @@ class Member:
         return {
             "leader": status.leader,
             "term": status.term,
+            "leader_in_contact": status.leader is not None
+            and self.driver.in_contact_with_leader(),
             "commit_index": status.commit,
             "applied_index": status.applied,
             "members": members,
