@@ -5,24 +5,32 @@
   It identifies the sender of each link from the HELLO frame (the sender's advertised
   address) and can cut links between groups (partitions), add latency, and drop links at
   random ("loss": on a stream transport a lost segment means a dead connection).
-* :class:`ChaosCell` — a :class:`LocalCell` whose members sit behind the proxy.
+* :class:`ClientProxy` — the same byte pump (:class:`TcpProxy`) in front of every member's
+  client HTTP port (members advertise it with ``--advertise-client-url``): the workloads
+  reach the cell only through it, so the clients can be cut off from some members or all
+  of them; the harness itself and the resource server talk to the members' own ports.
+* :class:`ChaosCell` — a :class:`LocalCell` whose members sit behind both proxies.
 * workloads (threads): register ops (checked for linearizability and lost writes), lock
   holders writing over HTTP to a fenced resource server in its own process
-  (``resource_server.py``; lock safety is checked on its record), an abandoned session
-  (ephemeral files and lock-delay).
-* faults (:data:`FAULT_KINDS`, :func:`inject`): kills, pauses, partitions, delay and loss,
-  torn WAL tails, whole-cell restarts, membership changes, crashes at persistence steps
+  (``resource_server.py``; lock safety is checked on its record; a holder whose release is
+  not confirmed straggles on with its sequencer), an abandoned session (ephemeral files
+  and lock-delay).
+* faults (:data:`FAULT_KINDS`, :func:`inject`): kills, pauses, partitions between replicas,
+  partitions between the clients and replicas (``client_partition``: from the leader, from
+  every member for longer than a lease, or from one follower), delay and loss, torn WAL
+  tails, whole-cell restarts, membership changes, crashes at persistence steps
   (``crash_point``: a member restarted with ``LOCKCELL_FAILPOINTS`` kills itself inside the
   storage layer), and ``mixed`` (every injection another kind).
 * :func:`run_scenario` — start a cell, run the workloads, inject one fault kind repeatedly,
   heal, check everything, and return a JSON-able report (histories kept on failure).
 """
-
 from __future__ import annotations
 
 import asyncio
 import base64
 import contextlib
+import functools
+import http.client
 import json
 import os
 import random
@@ -33,13 +41,23 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lockcell.cli.localcell import LocalCell, LocalMember, free_port_base, http_json
-from lockcell.client import SEQUENCER_HEADER, Cell, Conflict, LockcellError, StaleSequencer
-from lockcell.client.core import Health
+from lockcell.client import (
+    SEQUENCER_HEADER,
+    Cell,
+    Conflict,
+    Lock,
+    LockcellError,
+    Session,
+    StaleSequencer,
+)
+from lockcell.client.aio import lease_clock
+from lockcell.client.core import Health, HealthChange
 from lockcell.storage.failpoints import ENV_VAR as FAILPOINTS_VAR
 
 from .checkers import (
@@ -54,8 +72,8 @@ from .checkers import (
     check_sessions,
 )
 
-BASE_KINDS = ["kill_leader", "kill_follower", "pause", "partition", "delay_loss",
-              "torn_wal", "restart_all", "membership", "crash_point"]
+BASE_KINDS = ["kill_leader", "kill_follower", "pause", "partition", "client_partition",
+              "delay_loss", "torn_wal", "restart_all", "membership", "crash_point"]
 FAULT_KINDS = [*BASE_KINDS, "mixed"]
 """Every fault kind; ``mixed`` draws each injection from :data:`BASE_KINDS`."""
 
@@ -83,32 +101,38 @@ CRASH_WAIT_S = 12.0
 
 
 def free_base(size: int = 4) -> int:
-    """A base port with base+{0,10,20}+i (i < size) all free: clients, peers, proxy ports."""
-    return free_port_base([off + i for off in (0, 10, 20) for i in range(size)])
+    """A base port with base+{0,10,20,30}+i (i < size) all free: clients, peers, and the
+    peer and client proxy ports."""
+    return free_port_base([off + i for off in (0, 10, 20, 30) for i in range(size)])
 
 
-# --------------------------------------------------------------------------- proxy
+# --------------------------------------------------------------------------- proxies
 
 _FRAME = struct.Struct("<IB")
 
+Link = tuple[int | None, int, asyncio.StreamWriter, asyncio.StreamWriter]
 
-class PeerProxy:
-    """Fault-injecting TCP proxy for the peer links (one listening port per member)."""
 
-    def __init__(self, listen: dict[int, int], targets: dict[int, int], seed: int = 0) -> None:
-        self.listen = dict(listen)
-        self.targets = dict(targets)
-        self.by_address = {f"127.0.0.1:{p}": i for i, p in listen.items()}
-        self.blocked: set[frozenset[int]] = set()
+class TcpProxy:
+    """A fault-injecting TCP byte pump, one listening port per member in front of a target
+    port, run on an asyncio loop in a thread. A link is ``(src, dst)``: who sends (``None``
+    when unknown) and the member behind the port; subclasses say who sends
+    (:meth:`_identify`) and which links are cut (:meth:`_cut`). Cut links are closed at
+    once (both sides) and refused while the cut lasts; ``delay`` and ``loss`` apply to
+    every link."""
+
+    def __init__(self, listen: dict[int, int], targets: dict[int, int], seed: int = 0,
+                 name: str = "proxy") -> None:
+        self.listen: dict[int, int] = {}
+        self.targets: dict[int, int] = {}
         self.delay = 0.0
         self.loss = 0.0
         self.rng = random.Random(seed)
-        self.links: set[tuple[int | None, int, asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self.links: set[Link] = set()
         self.stats = {"links": 0, "cut": 0, "lost": 0, "refused": 0}
         self.loop = asyncio.new_event_loop()
         self._servers: list[asyncio.base_events.Server] = []
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True,
-                                        name="peer-proxy")
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True, name=name)
         self._thread.start()
         for index in listen:
             self.add(index, listen[index], targets[index])
@@ -118,7 +142,6 @@ class PeerProxy:
 
     def add(self, index: int, port: int, target: int) -> None:
         self.listen[index], self.targets[index] = port, target
-        self.by_address[f"127.0.0.1:{port}"] = index
 
         async def start() -> None:
             server = await asyncio.start_server(
@@ -128,23 +151,22 @@ class PeerProxy:
         self._call(start())
 
     def _cut(self, src: int | None, dst: int) -> bool:
-        return src is not None and frozenset((src, dst)) in self.blocked
+        return False
+
+    async def _identify(self, reader: asyncio.StreamReader) -> tuple[int | None, bytes]:
+        """Who sends on a new connection, and the bytes read to learn it (to pass on)."""
+        return None, b""
 
     async def _handle(self, dst: int, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter) -> None:
         upstream: asyncio.StreamWriter | None = None
         try:
-            head = await asyncio.wait_for(reader.readexactly(_FRAME.size), 10)
-            size, _ = _FRAME.unpack(head)
-            payload = await asyncio.wait_for(reader.readexactly(min(size, 1 << 20)), 10)
-            src: int | None = None
-            with contextlib.suppress(ValueError, AttributeError, TypeError):
-                src = self.by_address.get(json.loads(payload).get("address"))
+            src, first = await self._identify(reader)
             if self._cut(src, dst):
                 self.stats["refused"] += 1
                 return
             ureader, upstream = await asyncio.open_connection("127.0.0.1", self.targets[dst])
-            upstream.write(head + payload)
+            upstream.write(first)
             link = (src, dst, writer, upstream)
             self.links.add(link)
             self.stats["links"] += 1
@@ -179,16 +201,11 @@ class PeerProxy:
         finally:
             writer.close()
 
-    def partition(self, *groups: set[int]) -> None:
-        """Cut every link between members of different groups (and existing links now)."""
-        blocked = set()
-        for a in groups:
-            for b in groups:
-                if a is not b:
-                    blocked |= {frozenset((x, y)) for x in a for y in b}
+    def _apply(self, change: Callable[[], None]) -> None:
+        """Run ``change()`` on the proxy's loop, then close every link it cuts."""
 
         async def apply() -> None:
-            self.blocked = blocked
+            change()
             for src, dst, w1, w2 in list(self.links):
                 if self._cut(src, dst):
                     self.stats["cut"] += 1
@@ -196,10 +213,6 @@ class PeerProxy:
                     w2.close()
 
         self._call(apply())
-
-    def heal(self) -> None:
-        self.partition()
-        self.delay, self.loss = 0.0, 0.0
 
     def close(self) -> None:
         async def stop() -> None:
@@ -215,14 +228,82 @@ class PeerProxy:
         self._thread.join(5)
 
 
+class PeerProxy(TcpProxy):
+    """The proxy in front of every member's peer port. It identifies the sender of each
+    link from the HELLO frame (the sender's advertised address) and can cut links between
+    groups (partitions), add latency, and drop links at random ("loss": on a stream
+    transport a lost segment means a dead connection)."""
+
+    def __init__(self, listen: dict[int, int], targets: dict[int, int], seed: int = 0) -> None:
+        self.by_address: dict[str, int] = {}
+        self.blocked: set[frozenset[int]] = set()
+        super().__init__(listen, targets, seed, name="peer-proxy")
+
+    def add(self, index: int, port: int, target: int) -> None:
+        self.by_address[f"127.0.0.1:{port}"] = index
+        super().add(index, port, target)
+
+    def _cut(self, src: int | None, dst: int) -> bool:
+        return src is not None and frozenset((src, dst)) in self.blocked
+
+    async def _identify(self, reader: asyncio.StreamReader) -> tuple[int | None, bytes]:
+        head = await asyncio.wait_for(reader.readexactly(_FRAME.size), 10)
+        size, _ = _FRAME.unpack(head)
+        payload = await asyncio.wait_for(reader.readexactly(min(size, 1 << 20)), 10)
+        src: int | None = None
+        with contextlib.suppress(ValueError, AttributeError, TypeError):
+            src = self.by_address.get(json.loads(payload).get("address"))
+        return src, head + payload
+
+    def partition(self, *groups: set[int]) -> None:
+        """Cut every link between members of different groups (and existing links now)."""
+        blocked = set()
+        for a in groups:
+            for b in groups:
+                if a is not b:
+                    blocked |= {frozenset((x, y)) for x in a for y in b}
+        self._apply(lambda: setattr(self, "blocked", blocked))
+
+    def heal(self) -> None:
+        self.partition()
+        self.delay, self.loss = 0.0, 0.0
+
+
+class ClientProxy(TcpProxy):
+    """The proxy in front of every member's client (HTTP) port: a plain byte pump. Members
+    advertise its ports as their client URLs, so the workloads reach the cell only through
+    it (leader hints and ``GET /v1/cluster`` name the proxy ports); :meth:`cut` cuts the
+    clients off from some members. The harness itself and the resource server use the
+    members' own ports."""
+
+    def __init__(self, listen: dict[int, int], targets: dict[int, int], seed: int = 0) -> None:
+        self.cut_off: frozenset[int] = frozenset()
+        super().__init__(listen, targets, seed, name="client-proxy")
+
+    def _cut(self, src: int | None, dst: int) -> bool:
+        return dst in self.cut_off
+
+    def cut(self, members: set[int]) -> None:
+        """Cut the clients off from ``members`` (open connections now, new ones refused)."""
+        self._apply(lambda: setattr(self, "cut_off", frozenset(members)))
+
+    def heal(self) -> None:
+        self.cut(set())
+        self.delay, self.loss = 0.0, 0.0
+
+
 # --------------------------------------------------------------------------- cell
 
 
 @dataclass
 class ChaosCell(LocalCell):
-    """A LocalCell whose members advertise the proxy's port as their peer address."""
+    """A LocalCell whose members advertise the proxies' ports: the peer proxy's as their
+    peer address, the client proxy's as their client URL. ``url``, ``endpoints`` and
+    :meth:`leader` stay the members' own ports (the harness's view of the cell, which no
+    fault cuts); the workloads use :attr:`client_endpoints`."""
 
     proxy_base: int = 0
+    client_proxy_base: int = 0
     joining: set[int] = field(default_factory=set)
     member_env: dict[int, dict[str, str]] = field(default_factory=dict)
     """Extra environment of one member's next starts (by index), over ``extra_env``."""
@@ -232,9 +313,19 @@ class ChaosCell(LocalCell):
         env.update(self.member_env.get(member.index, {}))
         return env
 
+    def client_url(self, member: LocalMember) -> str:
+        """The client URL ``member`` advertises: its port on the client proxy."""
+        return f"http://127.0.0.1:{self.client_proxy_base + member.index}"
+
+    @property
+    def client_endpoints(self) -> list[str]:
+        """The client URLs the members advertise (what the workloads connect to)."""
+        return [self.client_url(m) for m in self.members]
+
     def command(self, member: LocalMember) -> list[str]:
         args = super().command(member)
-        args += ["--advertise-peer-url", f"127.0.0.1:{self.proxy_base + member.index}"]
+        args += ["--advertise-peer-url", f"127.0.0.1:{self.proxy_base + member.index}",
+                 "--advertise-client-url", self.client_url(member)]
         if member.index in self.joining and "--bootstrap" in args:
             args.remove("--bootstrap")
             for other in self.members:
@@ -244,6 +335,24 @@ class ChaosCell(LocalCell):
 
     def alive(self, member: LocalMember) -> bool:
         return member.process is not None and member.process.poll() is None
+
+    def leader(self) -> LocalMember:
+        """The member that currently leads, asked of the live members on their own ports
+        (the cell names members by their advertised client URLs: the proxy's)."""
+        for member in self.members:
+            if not self.alive(member):
+                continue
+            try:
+                _, view = http_json("GET", f"{member.url}/v1/cluster", timeout=2)
+            except OSError:
+                continue
+            leader_id = view.get("leader")
+            for m in view["members"]:
+                if m["id"] == leader_id:
+                    for candidate in self.members:
+                        if m["url"] in (candidate.url, self.client_url(candidate)):
+                            return candidate
+        raise RuntimeError("no leader known")
 
     def member_id(self, member: LocalMember) -> str:
         return str(http_json("GET", f"{member.url}/v1/cluster", timeout=3)[1]["self"]["id"])
@@ -255,33 +364,40 @@ class ChaosCell(LocalCell):
 
 
 def start_chaos_cell(root: Path, *, lease_ms: int = 2000, tick_ms: int = 50,
-                     seed: int = 0) -> tuple[ChaosCell, PeerProxy]:
+                     seed: int = 0) -> tuple[ChaosCell, PeerProxy, ClientProxy]:
+    """A started 3-member cell behind a peer proxy and a client proxy."""
     last: Exception | None = None
     for attempt in range(3):
         base = free_base()
         cell = ChaosCell(root / f"cell-{attempt}", size=3, client_base=base,
                          peer_base=base + 10, lease_ms=lease_ms, tick_ms=tick_ms,
-                         proxy_base=base + 20, extra_env=dict(CELL_ENV))
-        proxy = PeerProxy({i: base + 20 + i for i in range(3)},
-                          {i: base + 10 + i for i in range(3)}, seed)
+                         proxy_base=base + 20, client_proxy_base=base + 30,
+                         extra_env=dict(CELL_ENV))
+        peers: PeerProxy | None = None
+        clients: ClientProxy | None = None
         try:
+            peers = PeerProxy({i: base + 20 + i for i in range(3)},
+                              {i: base + 10 + i for i in range(3)}, seed)
+            clients = ClientProxy({i: base + 30 + i for i in range(3)},
+                                  {i: base + i for i in range(3)}, seed)
             cell.start(timeout=60)
-            return cell, proxy
+            return cell, peers, clients
         except Exception as exc:  # port races with other processes: try another range
             last = exc
-            stop_all(cell, proxy)
+            stop_all(cell, peers, clients)
     assert last is not None
     raise last
 
 
-def stop_all(cell: LocalCell, proxy: PeerProxy | None) -> None:
+def stop_all(cell: LocalCell, *proxies: TcpProxy | None) -> None:
     for m in cell.members:
         if m.process is not None and m.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 m.process.send_signal(signal.SIGCONT)
     cell.stop()
-    if proxy is not None:
-        proxy.close()
+    for proxy in proxies:
+        if proxy is not None:
+            proxy.close()
 
 
 # --------------------------------------------------------------------------- workloads
@@ -289,6 +405,34 @@ def stop_all(cell: LocalCell, proxy: PeerProxy | None) -> None:
 
 def now() -> float:
     return time.monotonic()
+
+
+@dataclass
+class Straggle:
+    """Writes a lock holder kept sending with its grant's sequencer while its release was
+    not confirmed (:func:`lock_worker`)."""
+
+    owner: str
+    section: int
+    session: str
+    started: float
+    writes: int = 0
+    accepted: int = 0
+    late: int = 0
+    """Writes sent after the client library reported the session expired by the cell."""
+    refused_at: float | None = None
+
+
+@dataclass
+class ClientCut:
+    """One ``client_partition`` fault: the members cut off from the clients, when, and the
+    sessions holding the fenced lock when the cut began."""
+
+    case: str
+    members: list[int]
+    start: float
+    end: float
+    holders: list[str] = field(default_factory=list)
 
 
 class Recorder:
@@ -302,19 +446,46 @@ class Recorder:
         self.observations: list[Observation] = []
         self.grants: list[Grant] = []
         self.errors: dict[str, int] = {}
+        self.holding: dict[int, str] = {}
+        """Lock worker -> the session it holds the fenced lock with (until released)."""
+        self.expired: dict[str, tuple[float, str, bool]] = {}
+        """Lock workers' sessions the client library reported expired: (when, why, whether
+        the cell said so)."""
+        self.straggles: list[Straggle] = []
+        self.client_cuts: list[ClientCut] = []
 
     def error(self, exc: BaseException) -> None:
         name = type(exc).__name__
         with self.lock:
             self.errors[name] = self.errors.get(name, 0) + 1
 
+    def holders(self) -> list[str]:
+        with self.lock:
+            return sorted(set(self.holding.values()))
 
-def client(cell: LocalCell) -> Cell:
-    return Cell(cell.endpoints, admin_token=cell.admin_token, request_timeout=3.0,
+    def on_expired(self, session: Session, change: HealthChange) -> None:
+        """The client library's ``on_expired`` callback of a lock worker's session. Told
+        before the session's local lease and grace period ran out, the client cannot have
+        expired it by its own clock: the cell said so."""
+        by_cell = lease_clock() < session.aio.core.expires_at
+        with self.lock:
+            self.expired.setdefault(session.id, (now(), change.reason, by_cell))
+
+    def expired_by_cell(self, session: str) -> bool:
+        """Whether the client library reported ``session`` expired because the cell said
+        so (not because its own grace period ran out)."""
+        with self.lock:
+            seen = self.expired.get(session)
+        return seen is not None and seen[2]
+
+
+def client(cell: ChaosCell) -> Cell:
+    """A workload's client: it reaches the cell through the client proxy only."""
+    return Cell(cell.client_endpoints, admin_token=cell.admin_token, request_timeout=3.0,
                 retry_timeout=1.0, connect_timeout=1.0, retry_for=6.0)
 
 
-def register_worker(cell: LocalCell, keys: list[str], rec: Recorder, stop: threading.Event,
+def register_worker(cell: ChaosCell, keys: list[str], rec: Recorder, stop: threading.Event,
                     wid: int, seed: int) -> None:
     rng = random.Random(seed)
     with client(cell) as c:
@@ -369,13 +540,16 @@ RESOURCE_SERVER = Path(__file__).with_name("resource_server.py")
 
 class ResourceServer:
     """The fenced resource (``resource_server.py``) in its own process, confirming every
-    sequencer with the cell; lock workers write to it over HTTP (:meth:`write`)."""
+    sequencer with the cell; lock workers write to it over HTTP (:meth:`write`). It is
+    not behind the client proxy: it knows the members by the client URLs they advertise
+    but connects to their own ports (``--direct``), so a client cut leaves it in touch."""
 
-    def __init__(self, cell: LocalCell, log: Path) -> None:
+    def __init__(self, cell: ChaosCell, log: Path) -> None:
+        direct = ",".join(f"{cell.client_url(m)}={m.url}" for m in cell.members)
         with log.open("ab") as out:
             self.process = subprocess.Popen(
                 [sys.executable, str(RESOURCE_SERVER), "--check",
-                 "--endpoints", ",".join(cell.endpoints)],
+                 "--endpoints", ",".join(cell.client_endpoints), "--direct", direct],
                 stdout=subprocess.PIPE, stderr=out, start_new_session=True)
         assert self.process.stdout is not None
         line = self.process.stdout.readline().decode()  # "listening on http://host:port"
@@ -414,42 +588,116 @@ class ResourceServer:
             self.process.stdout.close()
 
 
-def lock_worker(cell: LocalCell, path: str, resource: ResourceServer, rec: Recorder,
+STRAGGLE_AFTER_S = 0.2
+"""A lock holder whose release is not confirmed this long after its critical section
+ended writes on with the grant's sequencer (:func:`straggle`)."""
+
+STRAGGLE_MAX_S = 10.0
+
+
+def lock_worker(cell: ChaosCell, path: str, resource: ResourceServer, rec: Recorder,
                 stop: threading.Event, wid: int, seed: int) -> None:
     """Take the lock, write three times through the fenced resource, release; now and then
     write once more with the released grant's sequencer, as a holder that missed losing
-    its lock would (the resource must refuse it)."""
+    its lock would (the resource must refuse it).
+
+    While a release is not confirmed (the holder cut off from the cell, say), the holder's
+    writes straggle on with the grant's sequencer (:func:`straggle`): the resource, which
+    confirms every sequencer with the cell, may accept them while the grant lives and must
+    refuse them once it is gone (the session expired). A session whose release stayed
+    unconfirmed is closed (it may hold the lock still)."""
     rng = random.Random(seed)
     with client(cell) as c:
-        session, section = None, 0
+        session: Session | None = None
+        section = 0
         while not stop.is_set():
+            held: Lock | None = None
             try:
                 if session is None or session.health in (Health.EXPIRED, Health.CLOSED):
                     session = c.session(lease_ms=2000)
+                    session.on_expired(functools.partial(rec.on_expired, session))
                 owner = f"w{wid}:{session.id[:8]}"
-                with session.lock(path, wait_ms=1500, lock_delay_ms=500) as lock:
-                    section += 1
-                    for _ in range(3):
-                        lock.check()
-                        resource.write(lock.sequencer, owner, section)
-                        time.sleep(0.01)
-                if rng.random() < 0.2:  # released (the with block's exit succeeded)
+                done = threading.Event()
+                straggler: threading.Thread | None = None
+                try:
+                    with session.lock(path, wait_ms=1500, lock_delay_ms=500) as lock:
+                        held = lock
+                        section += 1
+                        with rec.lock:
+                            rec.holding[wid] = session.id
+                        try:
+                            for _ in range(3):
+                                lock.check()
+                                resource.write(lock.sequencer, owner, section)
+                                time.sleep(0.01)
+                        finally:
+                            record = Straggle(owner, section, session.id, now())
+                            straggler = threading.Thread(
+                                target=straggle, args=(resource, lock, record, done, rec),
+                                daemon=True, name=f"straggler-{wid}")
+                            straggler.start()
+                finally:
+                    done.set()
+                    if straggler is not None:
+                        straggler.join()
+                    with rec.lock:
+                        rec.holding.pop(wid, None)
+                # released (the with block's exit succeeded, and the cell confirmed it)
+                if rng.random() < 0.2 and lock.aio.released:
                     with contextlib.suppress(StaleSequencer):
                         resource.write(lock.sequencer, owner, section, late=True)
             except Exception as exc:
                 rec.error(exc)
                 time.sleep(0.05)
+            if (held is not None and not held.aio.released and session is not None
+                    and session.health not in (Health.EXPIRED, Health.CLOSED)):
+                with contextlib.suppress(Exception):
+                    session.close()  # releases whatever the session may still hold
+                session = None
 
 
-def session_prober(cell: LocalCell, rec: Recorder, stop: threading.Event, tag: str) -> None:
-    """Abandon sessions holding an ephemeral file and a lock; watch both after expiry."""
+def straggle(resource: ResourceServer, lock: Lock, record: Straggle, done: threading.Event,
+             rec: Recorder) -> None:
+    """Write through the resource with ``lock``'s sequencer every 0.1 s from
+    :data:`STRAGGLE_AFTER_S` after the critical section on, while the release is not
+    confirmed (``done``: the lock block was left), until the resource refuses one (or for
+    :data:`STRAGGLE_MAX_S`). A write sent once the client library reported the session
+    expired by the cell is ``late``: its grant is gone for sure, the resource must refuse."""
+    if done.wait(STRAGGLE_AFTER_S) and lock.aio.released:
+        return
+    with rec.lock:
+        rec.straggles.append(record)
+    deadline = now() + STRAGGLE_MAX_S
+    while now() < deadline and not lock.aio.released:
+        late = rec.expired_by_cell(record.session)
+        record.writes += 1
+        record.late += late
+        try:
+            resource.write(lock.sequencer, record.owner, record.section, late=late)
+            record.accepted += 1
+        except StaleSequencer:
+            record.refused_at = now()
+            return
+        except Exception as exc:  # the resource could not ask the cell (503), ...
+            rec.error(exc)
+        if late:
+            return
+        time.sleep(0.1)
+
+
+def session_prober(cell: ChaosCell, rec: Recorder, stop: threading.Event, tag: str) -> None:
+    """Abandon sessions holding an ephemeral file and a lock; watch both after expiry.
+
+    Every call goes through the client proxy (raw ones to the leader's advertised URL).
+    The watching session may itself expire while the clients are cut off from the cell:
+    a fresh one takes over (and opens the lock again)."""
     with client(cell) as c:
         attempts, abandoned = 0, 0
         while not stop.is_set() and abandoned < 50:  # (attempts fail while faults last)
             attempts += 1
             base = f"/ls/local/chaos-{tag}-{attempts}"
             try:
-                url = cell.leader().url
+                url = cell.client_url(cell.leader())
                 sent = now()
                 st, s = http_json("POST", f"{url}/v1/sessions", {"lease_ms": 1000}, timeout=3)
                 if st != 201:
@@ -480,9 +728,22 @@ def session_prober(cell: LocalCell, rec: Recorder, stop: threading.Event, tag: s
                 deadline = now() + 20
                 got_lock = False
                 while now() < deadline and not stop.is_set():
+                    if other.health in (Health.EXPIRED, Health.CLOSED):
+                        try:
+                            other = c.session(lease_ms=2000)
+                            rival = other.open(lockp)
+                        except LockcellError as exc:
+                            rec.error(exc)
+                            time.sleep(0.1)
+                            continue
+                        got_lock = False
                     t = now()
-                    st, _ = http_json("GET", f"{cell.leader().url}/v1/sessions/{sid}/handles/"
-                                      f"{hid}/stat", timeout=3)
+                    try:
+                        st, _ = http_json("GET", f"{cell.client_url(cell.leader())}/v1/sessions/"
+                                          f"{sid}/handles/{hid}/stat", timeout=3)
+                    except (OSError, http.client.HTTPException) as exc:  # a cut, a failover
+                        rec.error(exc)
+                        st = 0
                     if st == 410 and loss.confirmed_expired_at is None:
                         loss.confirmed_expired_at = t
                     t = now()
@@ -533,9 +794,17 @@ def tear_tail(path: Path, rng: random.Random) -> int:
     return cut
 
 
+CLIENT_CUTS = ["leader", "all", "minority"]
+"""Sub-cases of ``client_partition``: the clients cut off from the leader, from every
+member, or from one follower."""
+
+
 def inject(kind: str, cell: ChaosCell, proxy: PeerProxy, rng: random.Random,
-           log: list[str]) -> None:
-    """One fault of ``kind`` (blocking until it is over and the processes are running)."""
+           log: list[str], *, clients: ClientProxy | None = None, rec: Recorder | None = None,
+           case: str | None = None) -> None:
+    """One fault of ``kind`` (blocking until it is over and the processes are running).
+    ``client_partition`` needs ``clients`` (the client proxy); ``case`` picks its sub-case
+    (else the rng does) and ``rec`` gets a :class:`ClientCut` for it."""
     t0 = now()
     lease = cell.lease_ms / 1000
     leader = cell.leader()
@@ -562,6 +831,11 @@ def inject(kind: str, cell: ChaosCell, proxy: PeerProxy, rng: random.Random,
         time.sleep(span)
         proxy.heal()
         log.append(f"{t0:.1f} partition {{m{alone}}} | {sorted(rest)} for {span:.1f}s")
+    elif kind == "client_partition":
+        if clients is None:
+            raise ValueError("client_partition needs the client proxy")
+        client_partition(cell, clients, rng, leader, followers, log, rec,
+                         case or rng.choice(CLIENT_CUTS))
     elif kind == "delay_loss":
         proxy.delay, proxy.loss = rng.uniform(0.01, 0.08), rng.uniform(0.01, 0.05)
         span = rng.uniform(2.0, 4.0)
@@ -602,6 +876,55 @@ def inject(kind: str, cell: ChaosCell, proxy: PeerProxy, rng: random.Random,
     else:
         raise ValueError(kind)
     _wait_ready(cell)
+
+
+def client_partition(cell: ChaosCell, clients: ClientProxy, rng: random.Random,
+                     leader: LocalMember, followers: list[LocalMember], log: list[str],
+                     rec: Recorder | None, case: str) -> None:
+    """Cut the clients (the workloads) off from some members, not the members from each
+    other nor the resource server from the cell:
+
+    * ``leader``: from the leader only, for 2-4 s (calls must fail over to followers,
+      which forward to the leader);
+    * ``all``: from every member for lease x 1.75-2.5, begun while a lock worker holds the
+      lock (when ``rec`` is given): sessions expire at the cell, the holder loses its lock
+      while it can still write to the resource, which must refuse it once the session
+      expired; the workers recover after the heal;
+    * ``minority``: from one follower, for 2-4 s.
+    """
+    t0 = now()
+    lease = cell.lease_ms / 1000
+    holders: list[str] = []
+    if case == "leader":
+        cut, span, what = {leader.index}, rng.uniform(2.0, 4.0), "the leader"
+    elif case == "all":
+        # A KeepAlive the cell was holding when the cut began still renews the session
+        # when the cell answers it, up to 1.5 x lease later: cut for longer than that.
+        cut, span, what = {m.index for m in cell.members}, lease * rng.uniform(1.75, 2.5), \
+            "every member"
+        waited = now() + 3.0
+        while rec is not None and not (holders := rec.holders()) and now() < waited:
+            time.sleep(0.01)
+    elif case == "minority":
+        victim = rng.choice(followers or [leader])
+        cut, span, what = {victim.index}, rng.uniform(2.0, 4.0), "a follower"
+    else:
+        raise ValueError(f"client_partition case {case!r}")
+    before = dict(clients.stats)
+    clients.cut(cut)
+    start = now()
+    time.sleep(span)
+    clients.heal()
+    end = now()
+    if rec is not None:
+        with rec.lock:
+            rec.client_cuts.append(ClientCut(case, sorted(cut), start, end, holders))
+    closed = clients.stats["cut"] - before["cut"]
+    refused = clients.stats["refused"] - before["refused"]
+    log.append(f"{t0:.1f} clients cut from {what} {sorted(f'm{i}' for i in cut)} for "
+               f"{span:.1f}s (lease x{span / lease:.1f}, {case}): {closed} connection(s) "
+               f"closed, {refused} refused"
+               + (f"; {len(holders)} lock holder(s) cut off" if case == "all" else ""))
 
 
 def member_log(cell: LocalCell, member: LocalMember) -> Path:
@@ -670,17 +993,18 @@ def crash_point(cell: ChaosCell, rng: random.Random, leader: LocalMember,
 
 
 class KindBag:
-    """Fault kinds for ``mixed``: a seeded shuffle of :data:`BASE_KINDS`, refilled when
-    empty, never the same kind twice in a row."""
+    """Fault kinds for ``mixed`` (or the sub-cases of one kind): a seeded shuffle of
+    ``kinds`` (:data:`BASE_KINDS`), refilled when empty, never the same twice in a row."""
 
-    def __init__(self, rng: random.Random) -> None:
+    def __init__(self, rng: random.Random, kinds: list[str] | None = None) -> None:
         self.rng = rng
+        self.kinds = list(BASE_KINDS if kinds is None else kinds)
         self.bag: list[str] = []
         self.last: str | None = None
 
     def next(self) -> str:
         if not self.bag:
-            self.bag = list(BASE_KINDS)
+            self.bag = list(self.kinds)
             self.rng.shuffle(self.bag)
             if self.bag[-1] == self.last:
                 self.bag[0], self.bag[-1] = self.bag[-1], self.bag[0]
@@ -723,8 +1047,9 @@ def run_scenario(root: Path, fault: str, *, seed: int = 0, duration: float = 8.0
     started = now()
     rng = random.Random(seed)
     bag = KindBag(random.Random(seed * 7919 + 1))
+    cuts = KindBag(random.Random(seed * 7919 + 2), CLIENT_CUTS)
     report = ScenarioReport(fault, seed, duration)
-    cell, proxy = start_chaos_cell(root, seed=seed)
+    cell, proxy, clients = start_chaos_cell(root, seed=seed)
     rec = Recorder()
     stop = threading.Event()
     threads: list[threading.Thread] = []
@@ -756,12 +1081,14 @@ def run_scenario(root: Path, fault: str, *, seed: int = 0, duration: float = 8.0
                 kind = bag.next() if fault == "mixed" else fault
                 report.injected.append(kind)
                 before = len(report.faults)
-                inject(kind, cell, proxy, rng, report.faults)
+                inject(kind, cell, proxy, rng, report.faults, clients=clients, rec=rec,
+                       case=cuts.next() if kind == "client_partition" else None)
                 if fault == "mixed":
                     report.faults[before:] = [f"[{kind}] {line}"
                                               for line in report.faults[before:]]
                 time.sleep(rng.uniform(0.3, 1.0))
             proxy.heal()
+            clients.heal()
             _wait_ready(cell)
             time.sleep(1.0)
             # faults every few seconds can keep abandoned sessions from ever expiring (a new
@@ -807,6 +1134,7 @@ def run_scenario(root: Path, fault: str, *, seed: int = 0, duration: float = 8.0
             "sessions_abandoned": len(rec.losses),
             "session_checks": sess.checked,
             "faults": len(report.injected),
+            **client_cut_counts(rec),
         }
         report.errors = dict(rec.errors)
     except Exception as exc:
@@ -816,7 +1144,7 @@ def run_scenario(root: Path, fault: str, *, seed: int = 0, duration: float = 8.0
         stop.set()
         if resource is not None:
             resource.close()
-        stop_all(cell, proxy)
+        stop_all(cell, proxy, clients)
     report.wall_s = round(now() - started, 1)
     if not report.ok and keep_history is not None:
         keep_history.mkdir(parents=True, exist_ok=True)
@@ -834,6 +1162,40 @@ def run_scenario(root: Path, fault: str, *, seed: int = 0, duration: float = 8.0
         with contextlib.suppress(OSError):
             shutil.copytree(cell.root / "logs", logs, dirs_exist_ok=True)
     return report
+
+
+def client_cut_counts(rec: Recorder) -> dict[str, int]:
+    """What the client cuts did. Register ops that completed entirely inside the cuts from
+    the leader or from a follower (clients failing over keep working). For the cuts from
+    every member: the sessions holding the lock when one began (``client_cut_holders``),
+    those the client library then reported expired by the cell
+    (``client_cut_expired_sessions``), and those whose writes the resource refused while
+    they were still cut off (``client_cut_refused_holders``). And the straggling writes
+    (of every fault kind)."""
+    total = [c for c in rec.client_cuts if c.case == "all"]
+    cut_off = [(c, sid) for c in total for sid in c.holders]
+    expired = sum(1 for c, sid in cut_off
+                  if rec.expired_by_cell(sid) and rec.expired[sid][0] >= c.start)
+    refused = sum(1 for c, sid in cut_off
+                  if any(s.session == sid and s.refused_at is not None
+                         and c.start <= s.refused_at <= c.end for s in rec.straggles))
+    def ops_ok_inside(case: str) -> int:
+        return sum(1 for c in rec.client_cuts if c.case == case for o in rec.ops
+                   if o.status == "ok" and o.complete is not None
+                   and c.start <= o.invoke and o.complete <= c.end)
+
+    return {
+        "client_cuts": len(rec.client_cuts),
+        "register_ok_cut_from_leader": ops_ok_inside("leader"),
+        "register_ok_cut_from_follower": ops_ok_inside("minority"),
+        "client_cut_holders": len(cut_off),
+        "client_cut_expired_sessions": expired,
+        "client_cut_refused_holders": refused,
+        "straggler_writes": sum(s.writes for s in rec.straggles),
+        "straggler_accepted": sum(s.accepted for s in rec.straggles),
+        "straggler_refused": sum(s.refused_at is not None for s in rec.straggles),
+        "straggler_late": sum(s.late for s in rec.straggles),
+    }
 
 
 def _sessions_checked(rec: Recorder) -> bool:

@@ -1,7 +1,11 @@
 """A fenced resource server for the chaos tests: its own process, recording every admission.
 
-Run ``python tests/chaos/resource_server.py --endpoints URL,URL,URL [--check] [--port 0]``;
-it prints ``listening on http://HOST:PORT`` once it serves.
+Run ``python tests/chaos/resource_server.py --endpoints URL,URL,URL [--check] [--port 0]
+[--direct ADVERTISED=URL,...]``; it prints ``listening on http://HOST:PORT`` once it serves.
+``--direct`` maps the client URLs members advertise (the chaos harness's client proxy) to
+their own ports: the resource knows the members by the URLs the cell names (leader hints,
+``GET /v1/cluster``) but connects around the proxy, so cutting the clients off from the
+cell leaves it able to confirm sequencers.
 
 * ``PUT /write`` with the lock's sequencer in ``X-Lockcell-Sequencer`` and a JSON body
   ``{"owner": str, "section": int, "late"?: bool}``: a
@@ -39,9 +43,32 @@ from lockcell.client import (
     StaleSequencer,
     parse_sequencer,
 )
+from lockcell.client.core import Answer, Request, normalize_endpoint
 
 OPERATION_S = 0.003
 """How long the protected operation takes (the window a stale writer would need)."""
+
+
+class DirectCell(AsyncCell):
+    """An :class:`AsyncCell` whose every HTTP attempt goes to the member's own port when
+    ``direct`` maps the URL it picked (an advertised one) to it."""
+
+    def __init__(self, endpoints: str, direct: dict[str, str], **options: Any) -> None:
+        super().__init__(endpoints, **options)
+        self.direct = {normalize_endpoint(k): normalize_endpoint(v) for k, v in direct.items()}
+
+    async def send(self, url: str, request: Request, *, timeout: float,
+                   request_id: str | None = None) -> Answer:
+        url = self.direct.get(normalize_endpoint(url), url)
+        return await super().send(url, request, timeout=timeout, request_id=request_id)
+
+
+def parse_direct(text: str) -> dict[str, str]:
+    """``ADVERTISED=URL,...`` -> {advertised: url}."""
+    pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+    if any(len(pair) != 2 for pair in pairs):
+        raise ValueError(f"--direct wants ADVERTISED=URL pairs: {text!r}")
+    return {a.strip(): b.strip() for a, b in pairs}
 
 
 def make_app(fence: FencedResource) -> web.Application:
@@ -89,10 +116,11 @@ def make_app(fence: FencedResource) -> web.Application:
     return app
 
 
-async def serve(host: str, port: int, endpoints: str, check: bool) -> None:
+async def serve(host: str, port: int, endpoints: str, check: bool,
+                direct: dict[str, str] | None = None) -> None:
     """Serve until cancelled (SIGTERM / SIGINT)."""
-    cell = AsyncCell(endpoints, request_timeout=2.0, retry_timeout=1.0, connect_timeout=1.0,
-                     retry_for=3.0) if check else None
+    cell = DirectCell(endpoints, direct or {}, request_timeout=2.0, retry_timeout=1.0,
+                      connect_timeout=1.0, retry_for=3.0) if check else None
     fence = FencedResource(acheck=cell.check_sequencer if cell is not None else None)
     runner = web.AppRunner(make_app(fence))
     await runner.setup()
@@ -119,9 +147,12 @@ def main() -> None:
     parser.add_argument("--endpoints", required=True, help="the cell's client URLs")
     parser.add_argument("--check", action="store_true",
                         help="confirm every sequencer with the cell (CheckSequencer)")
+    parser.add_argument("--direct", default="", type=parse_direct,
+                        help="ADVERTISED=URL,...: connect to URL whenever the cell names "
+                             "a member by ADVERTISED (the chaos client proxy)")
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.host, args.port, args.endpoints, args.check))
+        asyncio.run(serve(args.host, args.port, args.endpoints, args.check, args.direct))
 
 
 if __name__ == "__main__":

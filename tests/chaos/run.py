@@ -5,6 +5,11 @@ under --out (default tests/chaos/reports/<timestamp>/), keeps the full history a
 member logs of any failed scenario next to it for replay (tests.chaos.checkers), writes
 ``report.md`` (a Markdown table: fault kind x runs x operations checked x violations, and
 wall time) and prints it, and exits 1 if any scenario failed.
+
+Fault kinds (tests.chaos.harness.FAULT_KINDS): kill_leader, kill_follower, pause,
+partition (between replicas), client_partition (between the clients and replicas: from
+the leader, from every member, or from one follower), delay_loss, torn_wal, restart_all,
+membership, crash_point, and mixed (each injection another kind).
 """
 
 from __future__ import annotations
@@ -84,7 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--duration", type=float, default=60.0, help="seconds of faults per run")
     ap.add_argument("--seeds", type=int, default=1, help="runs per fault kind (seeds 1..N)")
-    ap.add_argument("--faults", default=",".join(FAULT_KINDS))
+    ap.add_argument("--faults", default=",".join(FAULT_KINDS),
+                    help="comma-separated fault kinds (default: all of them): "
+                         + ", ".join(FAULT_KINDS) + "; client_partition cuts the clients "
+                         "(not the replicas) off from the leader, from every member for "
+                         "longer than a lease, or from one follower")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     out = Path(args.out or f"tests/chaos/reports/{time.strftime('%Y%m%d-%H%M%S')}")
