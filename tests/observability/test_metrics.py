@@ -36,7 +36,8 @@ EXPECTED_SERVER = {
     "lockcell_raft_conf_changes_total", "lockcell_raft_quorum_active",
     "lockcell_raft_voters_active", "lockcell_wal_fsync_seconds_bucket",
     "lockcell_wal_append_batch_entries_bucket", "lockcell_snapshot_seconds_bucket",
-    "lockcell_snapshot_restore_seconds_bucket",
+    "lockcell_snapshot_restore_seconds_bucket", "lockcell_snapshot_failures_total",
+    "lockcell_event_loop_lag_seconds_bucket", "lockcell_gc_pause_seconds_bucket",
     # lock service
     "lockcell_sessions", "lockcell_sessions_expired_total", "lockcell_keepalives_total",
     "lockcell_locks_held", "lockcell_lock_waiters", "lockcell_lock_acquire_seconds_bucket",
@@ -142,7 +143,7 @@ def test_counters_are_counters_and_gauges_gauges(texts: dict[str, str]) -> None:
 
 def test_labels_stay_low_cardinality(server: Samples, traffic: dict[str, Any]) -> None:
     allowed = {"role", "result", "member", "mode", "type", "command", "route", "code", "le",
-               "version"}
+               "version", "generation"}
     secrets = set(traffic["sessions"])
     for name, rows in server.items():
         for labels, _ in rows:

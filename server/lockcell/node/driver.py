@@ -186,6 +186,9 @@ class RaftDriver:
         """Monotonic time a message from the current leader was last processed."""
         self.leader_since: float | None = None
         self.metrics_hook: Callable[[str, float], None] | None = None
+        self.snapshot_hook: Callable[[], None] | None = None
+        """Called on the loop after a snapshot was installed or restored (the state has
+        settled: the member tells its garbage collector)."""
         self.event_hook: Callable[[str, dict[str, Any]], None] | None = None
         """Observability: ``("role", {role, leader, term})`` on every soft-state change and
         ``("conf_change", {index, term, change, conf})`` as a membership change applies."""
@@ -332,6 +335,7 @@ class RaftDriver:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             next_at += interval
             now = time.monotonic()
+            self._metric("loop_lag_seconds", max(0.0, now - next_at))
             if now - next_at > 5 * interval:
                 next_at = now + interval  # we were stalled: do not burst ticks
             self._pending_ticks += 1
@@ -451,6 +455,8 @@ class RaftDriver:
             started = time.perf_counter()
             self.app.restore(rd.snapshot.data)
             self._metric("snapshot_restore_seconds", time.perf_counter() - started)
+            if self.snapshot_hook is not None:
+                self.snapshot_hook()
         for entry in committed:
             self._apply(entry)
         for state in rd.read_states:
@@ -572,15 +578,16 @@ class RaftDriver:
         ordered with log writes); called by the loop between Ready batches."""
         snap, self._built = self._built, None
         assert snap is not None
-        started = time.perf_counter()
         try:
             self.core.adopt_snapshot(snap)
             await asyncio.get_running_loop().run_in_executor(
                 self._io, functools.partial(self.storage.save_snapshot, snap, staged=True))
         finally:
             self._imaging = None
-        self._metric("snapshot_seconds", time.perf_counter() - started)
+        self._metric("snapshot_seconds", time.perf_counter() - self._snapshot_started)
         self._metric("snapshot_bytes", float(len(snap.data)))
+        if self.snapshot_hook is not None:
+            self.snapshot_hook()
 
     def _on_soft_state(self, role: Role, leader: NodeId | None) -> None:
         if self.event_hook is not None:

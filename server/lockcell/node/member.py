@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 
 from lockcell.node.cell import CallFailed, CellService, MemberAddress
+from lockcell.node.collector import Collector
 from lockcell.node.driver import DriverConfig, RaftDriver, Unavailable
 from lockcell.observability.events import ClusterEventLog
 from lockcell.observability.metrics import MemberMetrics
@@ -101,6 +102,8 @@ class Member:
                          snapshot_every=config.snapshot_every),
         )
         self.driver.metrics_hook = self.metrics.observe
+        self.collector = Collector(self.metrics.observe)
+        self.driver.snapshot_hook = self.collector.settle
         self.service.metrics_hook = self.metrics.observe
         self.events = ClusterEventLog(replayed_until=self.driver.core.log.committed)
         self.driver.event_hook = self._driver_event
@@ -116,6 +119,7 @@ class Member:
         )
         self.transport.advertised_address = _peer_address(config.advertised_peer_url)
         self._join_task: asyncio.Task[None] | None = None
+        self._settling: asyncio.Task[None] | None = None
         self.started_at = time.time()
         self.configurations: deque[dict[str, Any]] = deque(maxlen=CONFIGURATION_HISTORY)
         """The configurations this member applied since it started, newest last."""
@@ -158,6 +162,10 @@ class Member:
     async def start(self) -> None:
         """Listen on the peer port, start the driver, and join if asked to."""
         await self.transport.listen(self.config.peer_host, self.config.peer_port)
+        self.collector.install()
+        self.collector.settle()  # what the snapshot restored is long-lived
+        self._settling = asyncio.get_running_loop().create_task(
+            self.collector.settle_forever(), name="gc-settle")
         self._members_changed(self.service.members)
         self.driver.start(self.transport)
         self.service.start()
@@ -171,6 +179,9 @@ class Member:
         await self.service.stop()
         await self.transport.close()
         await self.driver.stop()
+        if self._settling is not None:
+            self._settling.cancel()
+        self.collector.uninstall()
 
     # ------------------------------------------------------------------ joining
 

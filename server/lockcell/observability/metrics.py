@@ -103,6 +103,18 @@ class MemberMetrics:
                                   "Snapshot creation time, image to installed file "
                                   "(built in a child process off the event loop)",
                                   registry=r)
+        self.loop_lag = Histogram("lockcell_event_loop_lag_seconds",
+                                  "How late the Raft ticker woke (event loop busy: a long "
+                                  "callback, a collection, CPU starvation)",
+                                  buckets=(.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5),
+                                  registry=r)
+        self.gc_pause = Histogram("lockcell_gc_pause_seconds",
+                                  "Cyclic garbage collections by generation (they stop the "
+                                  "event loop)", ["generation"],
+                                  buckets=(.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5),
+                                  registry=r)
+        for generation in ("0", "1", "2"):
+            self.gc_pause.labels(generation)  # exported before the first collection
         self.snapshot_failures = Counter("lockcell_snapshot_failures_total",
                                          "Snapshots that could not be built or staged",
                                          registry=r)
@@ -175,7 +187,7 @@ class MemberMetrics:
     def observe(self, name: str, value: float = 1.0) -> None:
         """Driver and cell-service hook: ``fsync_seconds``, ``append_batch``,
         ``snapshot_seconds``, ``snapshot_restore_seconds``, ``snapshot_bytes``,
-        ``snapshot_failures``,
+        ``snapshot_failures``, ``loop_lag_seconds``, ``gc_pause_seconds:<generation>``,
         ``proposal:<result>``, ``keepalive``, ``session_expired``, ``event:<type>``,
         ``lock_delay_block``, ``acquire:<mode>:<result>`` (seconds),
         ``write:<command>`` (seconds). Unknown names are ignored."""
@@ -192,6 +204,10 @@ class MemberMetrics:
             self.snapshot_bytes.set(value)
         elif kind == "snapshot_failures":
             self.snapshot_failures.inc(value)
+        elif kind == "loop_lag_seconds":
+            self.loop_lag.observe(value)
+        elif kind == "gc_pause_seconds" and rest:
+            self._child(self.gc_pause, rest).observe(value)
         elif kind == "proposal" and rest in PROPOSAL_RESULTS:
             self._child(self.proposals, rest).inc(value)
         elif kind == "write" and rest:
