@@ -470,3 +470,22 @@ def test_a_paused_old_leader_never_serves_stale_data(cell: LocalCell) -> None:
         assert final == b"through the old leader"
     else:
         assert final in (b"new", b"through the old leader")
+
+
+def test_members_say_whether_they_hear_from_their_leader(cell: LocalCell) -> None:
+    """``leader_in_contact`` in GET /v1/cluster: true on every member of a healthy cell;
+    false on a follower cut off from its leader (clients relay through members that say
+    true when only the leader is unreachable from them)."""
+    leader = serving_leader(cell)
+    wait_until(lambda: all(view(m)["leader_in_contact"] for m in cell.members), 10,
+               message="every member in contact with the leader")
+    lone, other = followers(cell, leader)
+    try:
+        kill(leader, signal.SIGSTOP)
+        kill(other, signal.SIGSTOP)
+        wait_until(lambda: view(lone)["leader_in_contact"] is False, 10,
+                   message="the lone follower to notice it no longer hears from a leader")
+    finally:
+        heal(cell)
+    wait_until(lambda: view(lone)["leader_in_contact"] is True, 30,
+               message="contact again once the cell is whole")
