@@ -408,6 +408,22 @@ def raft_internals() -> dict[str, Any]:
         ], w=8, decimals=0),
         Panel("Snapshot size", [q(f"lockcell_snapshot_bytes{{{C}}}", "{{instance}}")],
               unit="bytes", w=8),
+        Row("Event loop and garbage collector"),
+        Panel("Event loop lag (p99 of ticker wake-ups)", [q(
+            p99("lockcell_event_loop_lag_seconds", by="instance"), "{{instance}}")],
+            unit="s", w=8, description="How late the Raft ticker woke. Near an election "
+                                       "timeout (1 s by default) followers stop hearing the "
+                                       "leader and elect another."),
+        Panel("Collector pauses per second", [q(
+            f"sum by (instance, generation) "
+            f"(rate(lockcell_gc_pause_seconds_sum{{{C}}}[{RI}]))",
+            "{{instance}} gen {{generation}}")], unit="s", w=8,
+            description="Seconds per second the cyclic garbage collector stopped the loop; "
+                        "settled state is frozen out of it."),
+        Panel("Snapshot failures", [q(
+            f"increase(lockcell_snapshot_failures_total{{{C}}}[{RI}])", "{{instance}}")],
+            w=8, decimals=0, description="Images that could not be built or staged (retried "
+                                         "at the next threshold); the member logs why."),
         Row("Elections and membership"),
         Panel("Elections started", [q(
             f"sum by (instance, role) (increase(lockcell_raft_role_changes_total{{{C}, "
