@@ -23,7 +23,8 @@ class Health:
     snapshots: float
     snapshot_seconds: float
     fast_snapshots: float
-    """Snapshots that took at most a second (the minimum election timeout)."""
+    """Snapshots that took at most a second, image to installed file (the image is built in
+    a forked child, so a longer one no longer holds the event loop)."""
     expired: float
 
     def since(self, before: Health) -> dict[str, float]:

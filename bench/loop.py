@@ -7,7 +7,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from bench import procstat
+from bench import health, procstat
+from bench.cells import BenchCell
+from bench.context import Context
 from bench.results import Latency
 
 Operation = Callable[[int], Awaitable[None]]
@@ -88,3 +90,14 @@ async def closed_loop(workers: int, warmup_s: float, window_s: float, op: Operat
     return LoopStats(len(latencies), window_s, Latency.of(latencies), len(errors),
                      tuple(errors[:3]), tuple(per_worker), procstat.between(before, after),
                      len(pending))
+
+
+async def measured_loop(ctx: Context, cell: BenchCell, workers: int,
+                        op: Operation) -> tuple[LoopStats, float]:
+    """:func:`closed_loop` on ``cell`` with the configured warm-up and window, and how many
+    elections the cell went through meanwhile."""
+    before = await health.read(ctx, cell)
+    stats = await closed_loop(workers, ctx.config.warmup_s, ctx.config.window_s, op,
+                              cell.pids())
+    changes = (await health.read(ctx, cell)).since(before)
+    return stats, changes["elections"]

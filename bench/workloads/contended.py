@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import statistics
 
-from bench import health, procstat
+from bench import procstat
 from bench.clients import close_all, ensure_dir, make_clients
 from bench.context import Context
-from bench.loop import closed_loop
+from bench.loop import measured_loop
 from bench.results import Result, plural
 
 WAIT_MS = 60000
@@ -43,12 +43,9 @@ async def run(ctx: Context) -> list[Result]:
             holders -= 1
             await worker.api.release(worker.session, worker.handles[0])
 
-        before = await health.read(ctx, cell)
-        stats = await closed_loop(clients, ctx.config.warmup_s, ctx.config.window_s,
-                                  handover, cell.pids())
+        stats, elections = await measured_loop(ctx, cell, clients, handover)
     finally:
         await close_all(workers)
-    changes = (await health.read(ctx, cell)).since(before)
     counts = stats.per_worker
     mean = statistics.fmean(counts)
     # ±10 % of the mean, but at least ±1: a window cuts every client's count to a whole round
@@ -58,7 +55,7 @@ async def run(ctx: Context) -> list[Result]:
     notes = (f"FIFO {'ok' if fair else 'NOT fair'}: per-client {min(counts)}-{max(counts)} "
              f"(mean {mean:.1f}, allowed ±{allowed:.1f}); mutual exclusion "
              f"{'ok' if exclusive else 'VIOLATED'}; {procstat.note(stats.cpu)}")
-    notes += stats.trouble(changes["elections"])
+    notes += stats.trouble(elections)
     return [Result(
         "contended, one lock (handovers)", plural(clients, "client"), stats.ops_per_s,
         stats.latency.p50_ms, stats.latency.p99_ms, stats.cpu.total(), "3 members",
@@ -68,5 +65,5 @@ async def run(ctx: Context) -> list[Result]:
                  "per_client_counts": list(counts), "per_client_mean": round(mean, 2),
                  "overlaps": overlaps, "generation_errors": generation_errors,
                  "errors": stats.errors, "error_samples": list(stats.error_samples),
-                 "harness_cpu_pct": stats.cpu.harness_pct, "elections": changes["elections"],
+                 "harness_cpu_pct": stats.cpu.harness_pct, "elections": elections,
                  "machine_busy_pct": stats.cpu.machine_pct})]

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from bench import health, procstat
+from bench import procstat
 from bench.cells import BenchCell
 from bench.clients import close_all, ensure_dir, make_clients
 from bench.context import Context
-from bench.loop import closed_loop
+from bench.loop import measured_loop
 from bench.results import Result, plural
 
 
@@ -32,14 +32,11 @@ async def measure(ctx: Context, cell: BenchCell, clients: int,
             await worker.api.acquire(worker.session, worker.handles[0])
             await worker.api.release(worker.session, worker.handles[0])
 
-        before = await health.read(ctx, cell)
-        stats = await closed_loop(clients, ctx.config.warmup_s, ctx.config.window_s, cycle,
-                                  cell.pids())
+        stats, elections = await measured_loop(ctx, cell, clients, cycle)
     finally:
         await close_all(workers)
-    changes = (await health.read(ctx, cell)).since(before)
     notes = procstat.note(stats.cpu)
-    notes += stats.trouble(changes["elections"])
+    notes += stats.trouble(elections)
     return Result(
         label, plural(clients, "client"), stats.ops_per_s, stats.latency.p50_ms,
         stats.latency.p99_ms, stats.cpu.total(), f"{cell.size} members", ok=stats.ops > 0
@@ -49,5 +46,5 @@ async def measure(ctx: Context, cell: BenchCell, clients: int,
                  "error_samples": list(stats.error_samples),
                  "per_client_min_max": [min(stats.per_worker), max(stats.per_worker)],
                  "server_cpu_pct_by_pid": dict(stats.cpu.per_pid),
-                 "harness_cpu_pct": stats.cpu.harness_pct, "elections": changes["elections"],
+                 "harness_cpu_pct": stats.cpu.harness_pct, "elections": elections,
                  "machine_busy_pct": stats.cpu.machine_pct})

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 
-from bench import health, procstat
+from bench import procstat
 from bench.api import encode
 from bench.cells import BenchCell
 from bench.clients import all_or_none, close_all, ensure_dir, make_clients
 from bench.context import Context
-from bench.loop import closed_loop
+from bench.loop import measured_loop
 from bench.results import Result, plural
 
 
@@ -42,14 +42,11 @@ async def measure(ctx: Context, cell: BenchCell, clients: int,
             turn[i] += 1
             await worker.api.put(worker.session, handle, data)
 
-        before = await health.read(ctx, cell)
-        stats = await closed_loop(clients, ctx.config.warmup_s, ctx.config.window_s, put,
-                                  cell.pids())
+        stats, elections = await measured_loop(ctx, cell, clients, put)
     finally:
         await close_all(workers)
-    changes = (await health.read(ctx, cell)).since(before)
     notes = f"{keys} keys per client; {procstat.note(stats.cpu)}"
-    notes += stats.trouble(changes["elections"])
+    notes += stats.trouble(elections)
     return Result(
         label, plural(clients, "client"), stats.ops_per_s, stats.latency.p50_ms,
         stats.latency.p99_ms, stats.cpu.total(), f"{cell.size} members",
@@ -59,6 +56,6 @@ async def measure(ctx: Context, cell: BenchCell, clients: int,
                  "max_ms": stats.latency.max_ms, "errors": stats.errors,
                  "error_samples": list(stats.error_samples),
                  "server_cpu_pct_by_pid": dict(stats.cpu.per_pid),
-                 "harness_cpu_pct": stats.cpu.harness_pct, "elections": changes["elections"],
+                 "harness_cpu_pct": stats.cpu.harness_pct, "elections": elections,
                  "machine_busy_pct": stats.cpu.machine_pct})
 

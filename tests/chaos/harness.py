@@ -336,23 +336,9 @@ class ChaosCell(LocalCell):
     def alive(self, member: LocalMember) -> bool:
         return member.process is not None and member.process.poll() is None
 
-    def leader(self) -> LocalMember:
-        """The member that currently leads, asked of the live members on their own ports
-        (the cell names members by their advertised client URLs: the proxy's)."""
-        for member in self.members:
-            if not self.alive(member):
-                continue
-            try:
-                _, view = http_json("GET", f"{member.url}/v1/cluster", timeout=2)
-            except OSError:
-                continue
-            leader_id = view.get("leader")
-            for m in view["members"]:
-                if m["id"] == leader_id:
-                    for candidate in self.members:
-                        if m["url"] in (candidate.url, self.client_url(candidate)):
-                            return candidate
-        raise RuntimeError("no leader known")
+    def urls_of(self, member: LocalMember) -> tuple[str, ...]:
+        """Its own port (asked by the harness) and the proxy's, which the cell advertises."""
+        return (member.url, self.client_url(member))
 
     def member_id(self, member: LocalMember) -> str:
         return str(http_json("GET", f"{member.url}/v1/cluster", timeout=3)[1]["self"]["id"])

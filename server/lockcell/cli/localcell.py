@@ -154,9 +154,13 @@ class LocalCell:
             for m in view["members"]:
                 if m["id"] == leader_id:
                     for candidate in self.members:
-                        if candidate.url == m["url"]:
+                        if m["url"] in self.urls_of(candidate):
                             return candidate
         raise RuntimeError("no leader known")
+
+    def urls_of(self, member: LocalMember) -> tuple[str, ...]:
+        """The client URLs the cell may name ``member`` by."""
+        return (member.url,)
 
     def kill(self, member: LocalMember, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` (default SIGKILL) to a member."""

@@ -467,6 +467,7 @@ class RaftDriver:
     def _apply(self, entry: Entry) -> None:
         result: object = None
         failure: BaseException | None = None
+        self._applied_bytes += len(entry.data)
         if entry.kind is EntryKind.CONF_CHANGE:
             with contextlib.suppress(ValueError):
                 change = ConfChange.decode(entry.data)
@@ -498,8 +499,6 @@ class RaftDriver:
     def _after_advance(self, rd: Ready) -> bool:
         """Resolve waiters after a batch; True when it is time for a snapshot."""
         applied = self.core.log.applied
-        for entry in rd.committed_entries:
-            self._applied_bytes += len(entry.data)
         if rd.committed_entries or rd.snapshot is not None:
             if self._applied_waiters:
                 still: list[tuple[int, asyncio.Future[None]]] = []
