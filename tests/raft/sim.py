@@ -129,6 +129,10 @@ class SimNode:
     digest: int = 0
     seen_commit: int = 0
     empty_readies: int = 0
+    writes: list[tuple[int, HardState | None, tuple[Entry, ...]]] = field(default_factory=list)
+    """A leader's deferred log writes, in order: (due tick, hard state, entries)."""
+    written: list[tuple[int, int]] = field(default_factory=list)
+    """(index, term) of finished deferred writes, reported to the core before its next Ready."""
 
 
 @dataclass(order=True)
@@ -245,6 +249,10 @@ class Cluster:
         # fsync, and a crash between any member's fsync and its send
         self.crash_before_sync = 0.0
         self.crash_after_sync = 0.0
+        # driver mode: the chance that a leader hands a batch to a background writer
+        # (Ready.may_defer_persist) that finishes 0..defer_ticks later, as node/driver.py does
+        self.defer_leader_persist = 0.0
+        self.defer_ticks = 2
         # observed history for invariant checks
         self.leaders_by_term: dict[int, NodeId] = {}
         self.applied_by_index: dict[int, Entry] = {}
@@ -316,6 +324,10 @@ class Cluster:
         node = self.nodes[node_id]
         node.alive = False
         node.disk.lose_unsaved()
+        if node.writes:
+            self._log(f"{node_id} loses {len(node.writes)} deferred writes")
+        node.writes.clear()
+        node.written.clear()
         self._log(f"crash {node_id}")
 
     def restart(self, node_id: NodeId) -> None:
@@ -323,6 +335,7 @@ class Cluster:
         old = self.nodes[node_id]
         old.alive = False
         old.disk.lose_unsaved()
+        old.writes.clear()
         node = self._boot(node_id, old.disk)
         self.nodes[node_id] = node
         self.last_restart = self.now
@@ -428,11 +441,20 @@ class Cluster:
     def process_ready(self, node: SimNode) -> bool:
         """Run one driver iteration for ``node``: persist, send, apply, advance."""
         raft = node.raft
+        self._finish_writes(node, flush=False)
+        if node.written:
+            for index, term in node.written:
+                raft.persisted(index, term)
+            node.written.clear()
         if not raft.has_ready():
             return False
         rd = raft.ready()
         self._check_ready(node, rd)
         messages = sorted(rd.messages, key=lambda m: m.to)  # stable: per-link order kept
+        if (rd.may_defer_persist and rd.entries and self.defer_leader_persist
+                and self.rng.random() < self.defer_leader_persist):
+            return self._process_deferred(node, rd, messages)
+        self._finish_writes(node, flush=True)
         # Like node/driver.py, a leader sends before its own fsync (thesis §10.2.1).
         early = raft.role is Role.LEADER
         if early:
@@ -475,6 +497,46 @@ class Cluster:
         for observe in self.on_ready:
             observe(node, rd)
         return True
+
+    def _process_deferred(self, node: SimNode, rd: Ready, messages: list[Message]) -> bool:
+        """A leader's batch written in the background: send, queue the write, apply what
+        is committed (a majority holds it), advance; the write is reported when done."""
+        raft = node.raft
+        for m in messages:
+            self._enqueue(m)
+        if self.crash_before_sync and self.rng.random() < self.crash_before_sync:
+            self._log(f"{node.id} crashes after sending, before its deferred write")
+            self.crash(node.id)
+            return True
+        if rd.hard_state is not None:
+            node.disk.unsaved = rd.hard_state
+        hard_state, node.disk.unsaved = node.disk.unsaved, None
+        due = self.now + self.rng.randint(0, self.defer_ticks)
+        node.writes.append((due, hard_state, rd.entries))
+        for entry in rd.committed_entries:
+            self._apply(node, entry)
+        for rs in rd.read_states:
+            self._read_answered(node, rs)
+        raft.advance(deferred=True)
+        self._observe_commit(node)
+        for observe in self.on_ready:
+            observe(node, rd)
+        return True
+
+    def _finish_writes(self, node: SimNode, flush: bool) -> None:
+        """Make due deferred writes durable, in order (all of them with ``flush``: the
+        driver waits for them before any Ready that is not deferred)."""
+        while node.writes and (flush or node.writes[0][0] <= self.now):
+            _, hard_state, entries = node.writes.pop(0)
+            disk = node.disk
+            disk.entries = [e for e in disk.entries if e.index < entries[0].index]
+            disk.entries.extend(e for e in entries if e.index > disk.snapshot.meta.index)
+            if hard_state is not None:
+                if hard_state.commit < disk.hard_state.commit:
+                    self._violation(f"{node.id}: durable commit went back "
+                                    f"{disk.hard_state.commit} -> {hard_state.commit}")
+                disk.hard_state = hard_state
+            node.written.append((entries[-1].index, entries[-1].term))
 
     def _persist(self, node: SimNode, rd: Ready) -> None:
         old = node.disk.hard_state

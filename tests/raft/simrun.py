@@ -79,6 +79,8 @@ def build(seed: int, trace: bool = False) -> tuple[Cluster, random.Random]:
     )
     cluster.crash_after_sync = rng.choice([0.0, 0.0, 0.002])
     cluster.crash_before_sync = rng.choice([0.0, 0.0, 0.004])
+    # drawn from its own stream so that seeds keep the schedules they had before
+    cluster.defer_leader_persist = random.Random(seed * 104729 + 3).choice([0.0, 0.5, 1.0])
     return cluster, rng
 
 

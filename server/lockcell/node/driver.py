@@ -181,6 +181,11 @@ class RaftDriver:
         self._ticker: asyncio.Task[None] | None = None
         self._stopped = False
         self._unsaved_hard_state: HardState | None = None
+        self._saving: asyncio.Future[None] | None = None
+        """The leader's log write running on the WAL thread while the loop goes on."""
+        self._save_backlog: list[tuple[HardState | None, tuple[Entry, ...]]] = []
+        """Leader batches handed out while a write runs: the next write takes them all."""
+        self._save_failure: BaseException | None = None
         self.last_stamp_ms = 0
         self.last_leader_contact = 0.0
         """Monotonic time a message from the current leader was last processed."""
@@ -213,6 +218,8 @@ class RaftDriver:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         self._fail_all(Unavailable("member shutting down"))
+        with contextlib.suppress(Exception):
+            await self._await_saves()
         self._imaging_io.shutdown(wait=True)
         self._io.shutdown(wait=True)
         self.storage.close()
@@ -346,13 +353,15 @@ class RaftDriver:
             await self._wake.wait()
             self._wake.clear()
             try:
+                if self._save_failure is not None:
+                    raise self._save_failure
                 self._drain()
                 if self._built is not None:
                     await self._install_snapshot()
                 while self.core.has_ready():
                     rd = self.core.ready()
-                    await self._handle_ready(rd)
-                    self.core.advance()
+                    deferred = await self._handle_ready(rd)
+                    self.core.advance(deferred=deferred)
                     if self._after_advance(rd) and self._imaging is None:
                         self._start_snapshot()
                     self._drain()
@@ -411,15 +420,21 @@ class RaftDriver:
                 return
             self._read_batches[context] = _ReadBatch(reads)
 
-    async def _handle_ready(self, rd: Ready) -> None:
+    async def _handle_ready(self, rd: Ready) -> bool:
+        """Persist, send and apply one Ready; True when its entries are still being
+        written in the background (a leader's: see :meth:`_handle_leader_ready`)."""
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state.role, rd.soft_state.leader)
         transport = self.transport
         leading = self.core.role is Role.LEADER
-        if leading and transport is not None:
-            transport.send(rd.messages)  # thesis §10.2.1: replicate while our own fsync runs
         if rd.hard_state is not None:
             self._unsaved_hard_state = rd.hard_state
+        if leading and rd.may_defer_persist and transport is not None:
+            self._handle_leader_ready(rd, transport)
+            return bool(rd.entries)
+        await self._await_saves()
+        if leading and transport is not None:
+            transport.send(rd.messages)  # thesis §10.2.1: replicate while our own fsync runs
         committed = rd.committed_entries
         if rd.must_sync and rd.snapshot is None and committed:
             # Entries committed and already durable here need not wait for this batch's
@@ -459,6 +474,60 @@ class RaftDriver:
                 self.snapshot_hook()
         for entry in committed:
             self._apply(entry)
+        self._note_read_states(rd)
+        return False
+
+    def _handle_leader_ready(self, rd: Ready, transport: Transport) -> None:
+        """A leader's batch: replicate, hand its entries to the WAL thread without waiting
+        (the loop keeps replicating and committing while the fsync runs; followers'
+        acknowledgements can commit before it ends) and apply what is committed, which a
+        majority already holds durably."""
+        transport.send(rd.messages)
+        if rd.entries:
+            hard_state, self._unsaved_hard_state = self._unsaved_hard_state, None
+            self._save_backlog.append((hard_state, rd.entries))
+            if self._saving is None:
+                self._start_save()
+        for entry in rd.committed_entries:
+            self._apply(entry)
+        self._note_read_states(rd)
+
+    def _start_save(self) -> None:
+        """Write every batch in the backlog with one fsync on the WAL thread."""
+        batches, self._save_backlog = self._save_backlog, []
+        hard_state = next((h for h, _ in reversed(batches) if h is not None), None)
+        entries = tuple(e for _, batch in batches for e in batch)
+        started = time.perf_counter()
+        saving = asyncio.get_running_loop().run_in_executor(
+            self._io, self.storage.save, hard_state, entries, None)
+        self._saving = saving
+
+        def done(future: asyncio.Future[None]) -> None:
+            self._saving = None
+            failure = None if future.cancelled() else future.exception()
+            if future.cancelled() or failure is not None:
+                self._save_failure = failure or RuntimeError("log write cancelled")
+                self._save_backlog.clear()
+                self._wake.set()
+                return
+            self._metric("fsync_seconds", time.perf_counter() - started)
+            self._metric("append_batch", float(len(entries)))
+            last = entries[-1]
+            self.call(lambda: self.core.persisted(last.index, last.term))
+            if self._save_backlog and not self._stopped:
+                self._start_save()
+
+        saving.add_done_callback(done)
+
+    async def _await_saves(self) -> None:
+        """Wait until every background log write is durable (or raise its failure)."""
+        while self._saving is not None:
+            await asyncio.wait({self._saving})
+            await asyncio.sleep(0)  # let the done callback run
+        if self._save_failure is not None:
+            raise self._save_failure
+
+    def _note_read_states(self, rd: Ready) -> None:
         for state in rd.read_states:
             batch = self._read_batches.get(state.context)
             if batch is not None:
@@ -578,6 +647,7 @@ class RaftDriver:
         snap, self._built = self._built, None
         assert snap is not None
         try:
+            await self._await_saves()
             self.core.adopt_snapshot(snap)
             await asyncio.get_running_loop().run_in_executor(
                 self._io, functools.partial(self.storage.save_snapshot, snap, staged=True))

@@ -374,6 +374,8 @@ class Raft:
             committed_entries=committed,
             read_states=tuple(self._read_states),
             must_sync=bool(entries) or snapshot is not None or vote_changed or commits_conf,
+            may_defer_persist=(self.role is Role.LEADER and snapshot is None
+                               and not vote_changed and not commits_conf),
         )
         self._prev_hard = hard
         self._prev_soft = soft
@@ -384,12 +386,22 @@ class Raft:
         self._unadvanced = rd
         return rd
 
-    def advance(self) -> None:
-        """The last Ready is durable, sent and applied."""
+    def advance(self, *, deferred: bool = False) -> None:
+        """The last Ready is durable, sent and applied.
+
+        With ``deferred`` (allowed when the Ready says ``may_defer_persist``), its
+        entries were handed to a background writer instead; :meth:`persisted` reports
+        them durable later."""
         rd = self._unadvanced
         if rd is None:
             raise RuntimeError("advance() without ready()")
+        if deferred and not rd.may_defer_persist:
+            raise RuntimeError("this Ready must be durable before advance()")
         self._unadvanced = None
+        if deferred:
+            if rd.entries:
+                self.log.handed_out = max(self.log.handed_out, rd.entries[-1].index)
+            rd = replace(rd, entries=())
         if rd.snapshot is not None:
             if self.log.pending_snapshot is rd.snapshot:
                 self.log.pending_snapshot = None
@@ -414,6 +426,15 @@ class Raft:
                 and self._pending_conf_index <= self.log.applied
             ):
                 self._pending_conf_index = self._append_own(EntryKind.CONF_CHANGE, b"")
+
+    def persisted(self, index: int, term: int) -> None:
+        """Entries up to ``index`` (``term`` there), handed out by a deferred
+        :meth:`advance`, are durable now: count this member toward their commit."""
+        self.log.stable_to(index, term)
+        if self.role is Role.LEADER:
+            own = self.progress.get(self.id)
+            if own is not None and own.maybe_update(self.log.stable):
+                self._maybe_commit()
 
     # ------------------------------------------------------------------ step
 

@@ -12,7 +12,9 @@ class RaftLog:
 
     ``offset``/``offset_term`` name the entry just before the first retained one (the
     compaction point). ``stable`` is the highest index known durable on this member;
-    everything above it must be persisted before it is acknowledged.
+    everything above it must be persisted before it is acknowledged. ``handed_out`` is
+    the highest index given to storage (durable or still being written by a leader that
+    persists in the background), so entries are handed out once.
     """
 
     __slots__ = (
@@ -20,6 +22,7 @@ class RaftLog:
         "applying",
         "committed",
         "entries",
+        "handed_out",
         "offset",
         "offset_term",
         "pending_snapshot",
@@ -41,6 +44,7 @@ class RaftLog:
             self.entries.append(entry)
             expected += 1
         self.stable = self.last_index()
+        self.handed_out = self.stable
         self.committed = max(min(committed, self.last_index()), self.offset)
         self.applied = self.offset
         self.applying = self.offset
@@ -109,10 +113,11 @@ class RaftLog:
         return index
 
     def unstable_entries(self) -> tuple[Entry, ...]:
-        """Entries not yet known durable."""
-        if self.stable >= self.last_index():
+        """Entries not yet known durable nor handed to storage."""
+        handed = max(self.stable, self.handed_out)
+        if handed >= self.last_index():
             return ()
-        start = max(self.stable, self.offset) + 1
+        start = max(handed, self.offset) + 1
         return tuple(self.entries[start - self.offset - 1 :])
 
     def has_committed_to_apply(self) -> bool:
@@ -139,6 +144,7 @@ class RaftLog:
         del self.entries[first - self.offset - 1 :]
         self.entries.extend(entries)
         self.stable = min(self.stable, first - 1)
+        self.handed_out = min(self.handed_out, first - 1)
         return self.last_index()
 
     def maybe_append(
@@ -169,8 +175,11 @@ class RaftLog:
             self.committed = index
 
     def stable_to(self, index: int, term: int) -> None:
-        """Record that entries up to ``index`` (with ``term`` there) are durable."""
-        if self.term(index) == term and index > self.stable:
+        """Record that entries up to ``index`` (with ``term`` there) are durable.
+
+        An index compacted away meanwhile counts too: only applied, hence committed,
+        entries are compacted, and a committed entry is never replaced."""
+        if index > self.stable and (index <= self.offset or self.term(index) == term):
             self.stable = index
 
     def restore(self, snapshot: Snapshot) -> None:
@@ -181,6 +190,7 @@ class RaftLog:
         self.entries = []
         self.committed = snapshot.meta.index
         self.stable = snapshot.meta.index
+        self.handed_out = snapshot.meta.index
         self.applying = snapshot.meta.index
         self.pending_snapshot = snapshot
 

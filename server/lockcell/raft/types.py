@@ -232,9 +232,15 @@ class Ready:
     - ``hard_state`` (when changed), ``snapshot`` (when one was received) and
       ``entries`` must be durable (one fsync) before any of ``messages`` is sent,
       except that a leader may send its ``messages`` before its own fsync completes:
-      it counts itself toward a commit only after ``advance``.
+      it counts itself toward a commit only once they are durable.
     - ``committed_entries`` are safe to apply once this batch is durable (those at or
-      below the log's stable index before this batch are safe at once).
+      below the log's stable index before this batch are safe at once). A leader's
+      committed entries are safe at once: a majority holds them durably.
+    - With ``may_defer_persist``, the driver may instead hand ``hard_state`` and
+      ``entries`` to a background writer, send, apply, call ``advance(deferred=True)``
+      and report the write with :meth:`Raft.persisted` when it is durable; writes
+      must reach the disk in the order they were handed out, and all of them must be
+      durable before the driver persists any later Ready that is not deferred.
     - ``read_states`` can be served when the applied index reaches their index.
     """
 
@@ -249,3 +255,6 @@ class Ready:
     """Whether this batch needs an fsync before its messages go out: entries, a snapshot,
     or a new term or vote. A hard state that only moves the commit index may be written
     lazily (a restarted member re-learns its commit index from the leader)."""
+    may_defer_persist: bool = False
+    """A leader's batch of its own new entries (no snapshot, no new term or vote, no
+    membership commit) whose durability may complete after ``advance``."""
