@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 
 import pytest
@@ -151,3 +152,33 @@ def test_snapshot_keeps_configuration() -> None:
     restored = CellState.restore(state.snapshot())
     assert restored.config == state.config
     assert restored.cell_name == "other"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("kind", "socket"), ("data", "not base64!"), ("lock_mode", "sideways"),
+     ("holders", 7), ("instance", "many"), ("path", None)],
+)
+def test_a_garbled_node_in_a_snapshot_raises_value_error(field: str, value: object) -> None:
+    harness = Harness()
+    sid = harness.new_session()
+    harness.open(sid, f"{ROOT}/n", create=NodeKind.FILE)
+    image = json.loads(harness.state.snapshot())
+    node = next(n for n in image["nodes"] if n["path"] == f"{ROOT}/n")
+    node[field] = value
+    with pytest.raises(ValueError):
+        CellState.restore(json.dumps(image).encode())
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_restoring_leaves_the_garbage_collector_as_it_found_it(enabled: bool) -> None:
+    image = Harness().state.snapshot()
+    was = gc.isenabled()
+    try:
+        (gc.enable if enabled else gc.disable)()
+        CellState.restore(image)
+        with pytest.raises(ValueError):
+            CellState.restore(b"not json")
+        assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was else gc.disable)()

@@ -10,10 +10,11 @@ lock counters) are rebuilt on restore.
 from __future__ import annotations
 
 import base64
+import binascii
+import gc
 import json
 from typing import Any
 
-from .paths import parent_and_name
 from .sequencer import SequencerRef, parse_sequencer
 from .state import CellConfig, CellData, Handle, Node, Session, Tombstone
 from .values import LockMode, NodeKind, SessionEndReason
@@ -93,24 +94,26 @@ def _optional_mode(value: Any) -> LockMode | None:
     return None if value is None else LockMode(value)
 
 
-def _load_node(image: dict[str, Any]) -> Node:
+_KINDS = {kind.value: kind for kind in NodeKind}
+_MODES: dict[Any, LockMode | None] = {mode.value: mode for mode in LockMode}
+_MODES[None] = None
+
+
+def _load_node(image: dict[str, Any], parents: dict[str, str]) -> Node:
+    """One node; ``parents`` shares one string per parent path across its children."""
     path = image["path"]
-    parent, name = parent_and_name(path)
+    parent, _, name = path.rpartition("/")
+    parent = parents.setdefault(parent, parent)
+    holders = image["holders"]
+    text = image["data"]
     return Node(
-        path=path,
-        parent=parent,
-        name=name,
-        kind=NodeKind(image["kind"]),
-        ephemeral=bool(image["ephemeral"]),
-        instance=int(image["instance"]),
-        content_generation=int(image["content_generation"]),
-        lock_generation=int(image["lock_generation"]),
-        acl_generation=int(image["acl_generation"]),
-        data=base64.b64decode(image["data"], validate=True),
-        checksum=str(image["checksum"]),
-        lock_mode=_optional_mode(image["lock_mode"]),
-        lock_delay_until_ms=int(image["lock_delay_until_ms"]),
-        holders=dict.fromkeys(str(holder) for holder in image["holders"]),
+        path, parent, name, _KINDS[image["kind"]], bool(image["ephemeral"]),
+        int(image["instance"]), int(image["content_generation"]),
+        int(image["lock_generation"]), int(image["acl_generation"]),
+        binascii.a2b_base64(text, strict_mode=True) if text else b"",
+        str(image["checksum"]), _MODES[image["lock_mode"]],
+        int(image["lock_delay_until_ms"]),
+        dict.fromkeys(map(str, holders)) if holders else {},
     )
 
 
@@ -144,16 +147,20 @@ def _load(image: dict[str, Any]) -> CellData:
         content_generation_high=int(image["content_generation_high"]),
         lock_generation_high=int(image["lock_generation_high"]),
     )
+    nodes = data.nodes
+    root = data.config.root
+    parents: dict[str, str] = {}
     for node_image in image["nodes"]:
-        node = _load_node(node_image)
-        data.nodes[node.path] = node
-        if node.path != data.config.root:
-            data.nodes[node.parent].children[node.name] = None
-        if node.lock_mode is LockMode.EXCLUSIVE:
-            data.locks_exclusive += 1
-        elif node.lock_mode is LockMode.SHARED:
-            data.locks_shared += 1
-            data.shared_holders += len(node.holders)
+        node = _load_node(node_image, parents)
+        nodes[node.path] = node
+        if node.path != root:
+            nodes[node.parent].children[node.name] = None
+        if node.lock_mode is not None:
+            if node.lock_mode is LockMode.EXCLUSIVE:
+                data.locks_exclusive += 1
+            else:
+                data.locks_shared += 1
+                data.shared_holders += len(node.holders)
     if data.config.root not in data.nodes:
         raise ValueError("snapshot has no root directory")
     for session_image in image["sessions"]:
@@ -179,7 +186,14 @@ def _load(image: dict[str, Any]) -> CellData:
 
 
 def load_cell(snapshot: bytes) -> CellData:
-    """Rebuild the state :func:`dump_cell` wrote; raises ``ValueError`` if it is malformed."""
+    """Rebuild the state :func:`dump_cell` wrote; raises ``ValueError`` if it is malformed.
+
+    The cyclic garbage collector is paused meanwhile: the image and the state built from
+    it are millions of young, acyclic objects for a large cell, which would set off
+    repeated full collections that find nothing (a third of the load time at 1,000,000
+    files)."""
+    paused = gc.isenabled()
+    gc.disable()
     try:
         image = json.loads(snapshot)
         if type(image) is not dict:
@@ -187,3 +201,6 @@ def load_cell(snapshot: bytes) -> CellData:
         return _load(image)
     except (KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise ValueError(f"malformed snapshot: {exc!r}") from exc
+    finally:
+        if paused:
+            gc.enable()
