@@ -182,3 +182,25 @@ def test_restoring_leaves_the_garbage_collector_as_it_found_it(enabled: bool) ->
         assert gc.isenabled() is enabled
     finally:
         (gc.enable if was else gc.disable)()
+
+
+def test_an_image_with_whitespace_or_keys_in_another_order_loads_alike() -> None:
+    harness = Harness()
+    sid = harness.new_session()
+    harness.open(sid, f"{ROOT}/d", create=NodeKind.DIR)
+    harness.open(sid, f"{ROOT}/d/f", create=NodeKind.FILE)
+    image = harness.state.snapshot()
+    doc = json.loads(image)
+    spaced = json.dumps(doc, indent=2, sort_keys=True).encode()
+    assert CellState.restore(spaced).snapshot() == image
+    config_last = {k: v for k, v in doc.items() if k != "config"} | {"config": doc["config"]}
+    with pytest.raises(ValueError):  # nodes are built as they are read: config comes first
+        CellState.restore(json.dumps(config_last).encode())
+
+
+@pytest.mark.parametrize("tail", [b"x", b"{}", b",", b"]"])
+def test_bytes_after_the_image_raise_value_error(tail: bytes) -> None:
+    image = Harness().state.snapshot()
+    with pytest.raises(ValueError):
+        CellState.restore(image + tail)
+    assert CellState.restore(image + b" \n").snapshot() == image

@@ -13,6 +13,7 @@ import base64
 import binascii
 import gc
 import json
+import re
 from typing import Any
 
 from .sequencer import SequencerRef, parse_sequencer
@@ -137,20 +138,32 @@ def _load_handle(image: dict[str, Any]) -> Handle:
     )
 
 
-def _load(image: dict[str, Any]) -> CellData:
-    if image.get("format") != SNAPSHOT_FORMAT:
-        raise ValueError(f"unknown snapshot format {image.get('format')!r}")
-    data = CellData(
-        config=CellConfig(**image["config"]),
-        now_ms=int(image["now_ms"]),
-        instance_counter=int(image["instance_counter"]),
-        content_generation_high=int(image["content_generation_high"]),
-        lock_generation_high=int(image["lock_generation_high"]),
-    )
+_DECODER = json.JSONDecoder()
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _skip(text: str, pos: int, token: str = "") -> int:
+    """Skip whitespace, then ``token`` if given (which must be there)."""
+    pos = _WHITESPACE.match(text, pos).end()  # type: ignore[union-attr]  # always matches
+    if token:
+        if not text.startswith(token, pos):
+            raise ValueError(f"malformed snapshot: expected {token!r} at {pos}")
+        pos = _WHITESPACE.match(text, pos + 1).end()  # type: ignore[union-attr]
+    return pos
+
+
+def _load_nodes(text: str, pos: int, data: CellData) -> int:
+    """Build the nodes from the image's ``nodes`` array one element at a time, so that
+    each element's parsed form is freed before the next is read (a large cell's image
+    would otherwise double the memory a restore needs, and fragment it)."""
     nodes = data.nodes
     root = data.config.root
     parents: dict[str, str] = {}
-    for node_image in image["nodes"]:
+    pos = _skip(text, pos, "[")
+    if text.startswith("]", pos):
+        return pos + 1
+    while True:
+        node_image, pos = _DECODER.raw_decode(text, pos)
         node = _load_node(node_image, parents)
         nodes[node.path] = node
         if node.path != root:
@@ -161,6 +174,44 @@ def _load(image: dict[str, Any]) -> CellData:
             else:
                 data.locks_shared += 1
                 data.shared_holders += len(node.holders)
+        pos = _skip(text, pos)
+        if text.startswith("]", pos):
+            return pos + 1
+        pos = _skip(text, pos, ",")
+
+
+def _load(text: str) -> CellData:
+    """Parse the top-level object, streaming its ``nodes`` (which ``dump_cell``'s sorted
+    keys put after ``config``), then attach sessions, handles and tombstones."""
+    image: dict[str, Any] = {}
+    data: CellData | None = None
+    pos = _skip(text, 0, "{")
+    while not text.startswith("}", pos):
+        key, pos = _DECODER.raw_decode(text, pos)
+        if type(key) is not str:
+            raise ValueError("malformed snapshot: a key is not a string")
+        pos = _skip(text, pos, ":")
+        if key == "nodes" and data is None:
+            if image.get("format") not in (None, SNAPSHOT_FORMAT):
+                break
+            data = CellData(config=CellConfig(**image["config"]))
+            pos = _load_nodes(text, pos, data)
+        else:
+            image[key], pos = _DECODER.raw_decode(text, pos)
+        pos = _skip(text, pos)
+        if not text.startswith("}", pos):
+            pos = _skip(text, pos, ",")
+    else:
+        if _skip(text, pos + 1) != len(text):
+            raise ValueError("malformed snapshot: data after the image")
+    if image.get("format") != SNAPSHOT_FORMAT:
+        raise ValueError(f"unknown snapshot format {image.get('format')!r}")
+    if data is None:
+        raise ValueError("snapshot has no nodes")
+    data.now_ms = int(image["now_ms"])
+    data.instance_counter = int(image["instance_counter"])
+    data.content_generation_high = int(image["content_generation_high"])
+    data.lock_generation_high = int(image["lock_generation_high"])
     if data.config.root not in data.nodes:
         raise ValueError("snapshot has no root directory")
     for session_image in image["sessions"]:
@@ -195,10 +246,7 @@ def load_cell(snapshot: bytes) -> CellData:
     paused = gc.isenabled()
     gc.disable()
     try:
-        image = json.loads(snapshot)
-        if type(image) is not dict:
-            raise ValueError("snapshot is not a JSON object")
-        return _load(image)
+        return _load(snapshot.decode("utf-8"))
     except (KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise ValueError(f"malformed snapshot: {exc!r}") from exc
     finally:
