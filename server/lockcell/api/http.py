@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import json
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -14,6 +13,7 @@ from secrets import token_hex
 from typing import Any
 from urllib.parse import parse_qsl
 
+import orjson
 from aiohttp import web
 from multidict import CIMultiDict, MultiDict
 
@@ -62,11 +62,17 @@ class BadRequest(Exception):
     """Input that fails validation: answered 400 invalid_argument."""
 
 
+def json_reply(value: Any, status: int = 200) -> web.Response:
+    """A JSON answer (orjson: several times faster than the json module on these bodies)."""
+    return web.Response(body=orjson.dumps(value), status=status,
+                        content_type="application/json", charset="utf-8")
+
+
 def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
     """The documented error body."""
     body: dict[str, Any] = {"code": code, "message": message}
     body.update(extra)
-    return web.json_response({"error": body}, status=status)
+    return json_reply({"error": body}, status=status)
 
 
 def _json_body(raw: bytes, allowed: dict[str, tuple[type, ...]],
@@ -75,7 +81,7 @@ def _json_body(raw: bytes, allowed: dict[str, tuple[type, ...]],
         doc: Any = {}
     else:
         try:
-            doc = json.loads(raw)
+            doc = orjson.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise BadRequest(f"body is not valid JSON: {exc}") from exc
     if not isinstance(doc, dict):
@@ -297,7 +303,7 @@ class HttpApi:
         doc = _json_body(await request.read(), {"lease_ms": (int,)})
         lease = _int_in(doc.get("lease_ms"), "lease_ms", 0, 2**63)  # clamped by the cell
         answer = await self.service.create_session(lease, self._request_id(request))
-        return web.json_response(answer, status=201)
+        return json_reply(answer, status=201)
 
     async def keepalive(self, request: web.Request) -> web.StreamResponse:
         """KeepAlive (long poll)."""
@@ -307,7 +313,7 @@ class HttpApi:
         wait_ms = _capped(_int_in(doc.get("wait_ms"), "wait_ms", 0, 2**63))
         ack = _int_in(doc.get("ack"), "ack", 0, 2**63)
         answer = await self.service.keepalive(request.match_info["session"], wait_ms, ack)
-        return web.json_response(answer)
+        return json_reply(answer)
 
     async def close_session(self, request: web.Request) -> web.StreamResponse:
         """CloseSession."""
@@ -328,7 +334,7 @@ class HttpApi:
                           "lock_delay_ms": (int,)}, required=("path",))
         create = None
         if doc.get("create") is not None:
-            spec = _json_body(json.dumps(doc["create"]).encode(),
+            spec = _json_body(orjson.dumps(doc["create"]),
                               {"kind": (str,), "ephemeral": (bool,), "data": (str, type(None))},
                               required=("kind",))
             create = CreateSpec(kind=parse_node_kind(spec["kind"]),
@@ -347,7 +353,7 @@ class HttpApi:
             lock_delay_ms=lock_delay, request_id=self._request_id(request)))
         status = 201 if value.get("created") else 200
         value["stat"] = self._with_waiters(value.get("stat"), handle=value.get("handle"))
-        return web.json_response(value, status=status)
+        return json_reply(value, status=status)
 
     async def close(self, request: web.Request) -> web.StreamResponse:
         """Close a handle."""
@@ -372,7 +378,7 @@ class HttpApi:
         session, handle = request.match_info["session"], request.match_info["handle"]
         value = await self.service.read(lambda s: s.get_contents_and_stat(session, handle))
         value["stat"] = self._with_waiters(value.get("stat"), handle=handle)
-        return web.json_response(value)
+        return json_reply(value)
 
     async def get_stat(self, request: web.Request) -> web.StreamResponse:
         """GetStat."""
@@ -381,7 +387,7 @@ class HttpApi:
         session, handle = request.match_info["session"], request.match_info["handle"]
         value = await self.service.read(lambda s: s.get_stat(session, handle))
         value["stat"] = self._with_waiters(value.get("stat"), handle=handle)
-        return web.json_response(value)
+        return json_reply(value)
 
     async def read_dir(self, request: web.Request) -> web.StreamResponse:
         """ReadDir."""
@@ -394,7 +400,7 @@ class HttpApi:
             if info is not None:
                 child_path = f"{info.path}/{child['name']}"
                 child["stat"] = self._with_waiters(child.get("stat"), path=child_path)
-        return web.json_response(value)
+        return json_reply(value)
 
     async def set_contents(self, request: web.Request) -> web.StreamResponse:
         """SetContents (optionally compare-and-set on the content generation)."""
@@ -409,7 +415,7 @@ class HttpApi:
             if_generation=_int_in(doc.get("if_generation"), "if_generation", 0, 2**63),
             request_id=self._request_id(request)))
         value["stat"] = self._with_waiters(value.get("stat"), handle=request.match_info["handle"])
-        return web.json_response(value)
+        return json_reply(value)
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
         """Delete the handle's node."""
@@ -432,7 +438,7 @@ class HttpApi:
         value = await self.service.acquire(request.match_info["session"],
                                            request.match_info["handle"], mode, wait_ms,
                                            self._request_id(request))
-        return web.json_response({"sequencer": value["sequencer"],
+        return json_reply({"sequencer": value["sequencer"],
                                   "lock_generation": value["lock_generation"]})
 
     async def release(self, request: web.Request) -> web.StreamResponse:
@@ -457,7 +463,7 @@ class HttpApi:
             return fwd
         session, handle = request.match_info["session"], request.match_info["handle"]
         value = await self.service.read(lambda s: s.get_sequencer(session, handle))
-        return web.json_response(value)
+        return json_reply(value)
 
     async def set_sequencer(self, request: web.Request) -> web.StreamResponse:
         """SetSequencer."""
@@ -468,7 +474,7 @@ class HttpApi:
             now_ms=0, session=request.match_info["session"],
             handle=request.match_info["handle"], sequencer=doc.get("sequencer"),
             request_id=self._request_id(request)))
-        return web.json_response(value)
+        return json_reply(value)
 
     async def check_sequencer(self, request: web.Request) -> web.StreamResponse:
         """CheckSequencer."""
@@ -477,13 +483,13 @@ class HttpApi:
         doc = _json_body(await request.read(), {"sequencer": (str,)}, required=("sequencer",))
         sequencer = str(doc["sequencer"])
         value = await self.service.read(lambda s: s.check_sequencer(sequencer))
-        return web.json_response(value)
+        return json_reply(value)
 
     # ------------------------------------------------------------------ cluster
 
     async def cluster(self, request: web.Request) -> web.StreamResponse:
         """This member's view of the cell."""
-        return web.json_response(self.member.cluster_view())
+        return json_reply(self.member.cluster_view())
 
     async def add_member(self, request: web.Request) -> web.StreamResponse:
         """Add a learner (admin)."""
@@ -498,21 +504,21 @@ class HttpApi:
             if re.fullmatch(pattern, doc[key]) is None:  # ids end up in paths, URLs are dialled
                 raise BadRequest(f"{key} must match {pattern}")
         view = await self.member.add_learner(doc["id"], doc["url"], doc["peer_url"])
-        return web.json_response(view, status=201)
+        return json_reply(view, status=201)
 
     async def promote_member(self, request: web.Request) -> web.StreamResponse:
         """Promote a learner to voter through joint consensus (admin)."""
         self._check_admin(request)
         if (fwd := await self._leader_only(request)) is not None:
             return fwd
-        return web.json_response(await self.member.promote(request.match_info["id"]))
+        return json_reply(await self.member.promote(request.match_info["id"]))
 
     async def remove_member(self, request: web.Request) -> web.StreamResponse:
         """Remove a member (admin)."""
         self._check_admin(request)
         if (fwd := await self._leader_only(request)) is not None:
             return fwd
-        return web.json_response(await self.member.remove(request.match_info["id"]))
+        return json_reply(await self.member.remove(request.match_info["id"]))
 
     async def transfer_leader(self, request: web.Request) -> web.StreamResponse:
         """Move leadership (admin)."""
@@ -520,7 +526,7 @@ class HttpApi:
         if (fwd := await self._leader_only(request)) is not None:
             return fwd
         doc = _json_body(await request.read(), {"to": (str, type(None))})
-        return web.json_response(await self.member.transfer(doc.get("to")))
+        return json_reply(await self.member.transfer(doc.get("to")))
 
     # ------------------------------------------------------------------ ops
 
@@ -533,17 +539,17 @@ class HttpApi:
 
     async def healthz(self, request: web.Request) -> web.StreamResponse:
         """Liveness: 200 while the process serves."""
-        return web.json_response({"status": "ok", "id": self.member.id})
+        return json_reply({"status": "ok", "id": self.member.id})
 
     async def readyz(self, request: web.Request) -> web.StreamResponse:
         """Readiness: in the configuration, a leader known, caught up."""
         ready, reason = await self.member.confirm_ready()
-        return web.json_response({"ready": ready, "reason": reason, "id": self.member.id},
+        return json_reply({"ready": ready, "reason": reason, "id": self.member.id},
                                  status=200 if ready else 503)
 
     async def openapi(self, request: web.Request) -> web.StreamResponse:
         """The OpenAPI document of this API."""
-        return web.json_response(openapi_document())
+        return json_reply(openapi_document())
 
     async def status_page(self, request: web.Request) -> web.StreamResponse:
         """The status page: this member's view of the cell (api/statuspage.py)."""
@@ -608,7 +614,7 @@ def _wait_hint(body: bytes) -> int | None:
     if b"wait_ms" not in body:
         return None
     try:
-        doc = json.loads(body)
+        doc = orjson.loads(body)
     except ValueError:
         return None
     value = doc.get("wait_ms") if isinstance(doc, dict) else None
