@@ -204,3 +204,13 @@ def test_bytes_after_the_image_raise_value_error(tail: bytes) -> None:
     with pytest.raises(ValueError):
         CellState.restore(image + tail)
     assert CellState.restore(image + b" \n").snapshot() == image
+
+
+def test_an_ascii_image_is_what_the_json_module_writes_with_sorted_keys() -> None:
+    harness = Harness()
+    sid = harness.new_session()
+    handle = harness.open(sid, f"{ROOT}/f", create=NodeKind.FILE)
+    harness.ok(SetContents(now_ms=harness.now, session=sid, handle=handle, data=b"\x00\xffab"))
+    image = harness.state.snapshot()
+    assert image == json.dumps(json.loads(image), sort_keys=True,
+                               separators=(",", ":")).encode()

@@ -9,12 +9,13 @@ lock counters) are rebuilt on restore.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import gc
 import json
 import re
 from typing import Any
+
+import orjson
 
 from .sequencer import SequencerRef, parse_sequencer
 from .state import CellConfig, CellData, Handle, Node, Session, Tombstone
@@ -32,7 +33,7 @@ def _node_image(node: Node) -> dict[str, Any]:
         "content_generation": node.content_generation,
         "lock_generation": node.lock_generation,
         "acl_generation": node.acl_generation,
-        "data": base64.b64encode(node.data).decode("ascii"),
+        "data": binascii.b2a_base64(node.data, newline=False).decode("ascii"),
         "checksum": node.checksum,
         "lock_mode": None if node.lock_mode is None else node.lock_mode.value,
         "lock_delay_until_ms": node.lock_delay_until_ms,
@@ -88,7 +89,9 @@ def dump_cell(data: CellData) -> bytes:
             for tomb in data.tombstones.values()
         ],
     }
-    return json.dumps(image, sort_keys=True, separators=(",", ":")).encode()
+    # orjson writes what json.dumps(sort_keys=True, separators=(",", ":")) would, except
+    # that text outside ASCII stays UTF-8 instead of \u escapes, in a tenth of the time.
+    return orjson.dumps(image, option=orjson.OPT_SORT_KEYS)
 
 
 def _optional_mode(value: Any) -> LockMode | None:
