@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from lockcell.node.collector import YOUNG_THRESHOLD, Collector
+from lockcell.node.collector import THAW_GROWTH, YOUNG_THRESHOLD, Collector
 
 
 class Cycle:
@@ -63,3 +63,25 @@ def test_settled_objects_are_out_of_sight_until_the_frozen_set_grows_by_half(
     policy.settle()
     assert policy.thaws == 2
     del grown
+
+
+def test_thaws_that_find_little_garbage_wait_for_more_growth(
+        collector: tuple[Collector, list[tuple[str, float]]]) -> None:
+    policy, _ = collector
+    policy._min_thaw = 1000
+    live = [[Cycle()] for _ in range(2000)]  # growth that stays alive (a cell filling up)
+    policy.settle()
+    policy.settle()
+    assert policy.thaws == 1 and policy._growth == 2 * THAW_GROWTH
+    live += [[Cycle()] for _ in range(gc.get_freeze_count())]  # doubled: not enough now
+    policy.settle()
+    assert policy.thaws == 1
+    live += [[Cycle()] for _ in range(gc.get_freeze_count())]
+    policy.settle()
+    assert policy.thaws == 2 and policy._growth == 4 * THAW_GROWTH
+    garbage = [Cycle() for _ in range(6 * gc.get_freeze_count())]
+    policy.settle()
+    del garbage  # the growth since the last thaw was mostly garbage: back to half
+    policy.settle()
+    assert policy.thaws == 3 and policy._growth == THAW_GROWTH
+    del live
