@@ -49,7 +49,7 @@ from .results import (
     SessionStarted,
 )
 from .sequencer import SequencerRef, parse_sequencer
-from .snapshot import dump_cell, load_cell
+from .snapshot import ImageEncoder, dump_cell, encode_image, load_cell
 from .state import (
     DEFAULT_LOCK_DELAY_MS,
     EMPTY_CHECKSUM,
@@ -173,9 +173,9 @@ class CellState:
         """The state machine's clock: the largest time stamp applied so far."""
         return self._data.now_ms
 
-    def snapshot(self) -> bytes:
+    def snapshot(self, encode: ImageEncoder = encode_image) -> bytes:
         """A deterministic image of the whole replicated state."""
-        return dump_cell(self._data)
+        return dump_cell(self._data, encode)
 
     def apply(self, index: int, command_bytes: bytes) -> ApplyResult:
         """Decode and apply one committed log entry (empty data is the leader's no-op).
