@@ -109,7 +109,6 @@ class _LockQueue:
     delay_timer: asyncio.TimerHandle | None = None
 
 
-
 def _encode_image(image: dict[str, Any]) -> bytes:
     """Snapshot images with orjson: what the json module writes for ASCII text (sorted
     keys, no spaces; other text stays UTF-8), in a tenth of the time: a 1,000,000-file
