@@ -100,10 +100,6 @@ def dump_cell(data: CellData, encode: ImageEncoder = encode_image) -> bytes:
     return encode(image)
 
 
-def _optional_mode(value: Any) -> LockMode | None:
-    return None if value is None else LockMode(value)
-
-
 _KINDS = {kind.value: kind for kind in NodeKind}
 _MODES: dict[Any, LockMode | None] = {mode.value: mode for mode in LockMode}
 _MODES[None] = None
@@ -141,7 +137,7 @@ def _load_handle(image: dict[str, Any]) -> Handle:
         event_mask=int(image["event_mask"]),
         lock_delay_ms=int(image["lock_delay_ms"]),
         poisoned=bool(image["poisoned"]),
-        lock_mode=_optional_mode(image["lock_mode"]),
+        lock_mode=_MODES[image["lock_mode"]],
         lock_generation=int(image["lock_generation"]),
         sequencer=sequencer,
     )
