@@ -1,4 +1,4 @@
-"""HTTP API v1 on aiohttp: parses and validates calls, forwards to the leader, maps errors."""
+"""HTTP API v1: routes calls, validates them, forwards to the leader, maps errors."""
 
 from __future__ import annotations
 
@@ -7,15 +7,13 @@ import binascii
 import hmac
 import re
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
 from secrets import token_hex
 from typing import Any
-from urllib.parse import parse_qsl
 
 import orjson
-from aiohttp import web
-from multidict import CIMultiDict, MultiDict
+from multidict import CIMultiDict
 
 from lockcell.api.openapi import (
     CLIENT_URL_PATTERN,
@@ -26,6 +24,7 @@ from lockcell.api.openapi import (
     openapi_document,
 )
 from lockcell.api.statuspage import gather_status_view, render_status_page
+from lockcell.api.wire import Answer, ApiCall
 from lockcell.node.cell import CallFailed, CellService
 from lockcell.node.driver import Unavailable
 from lockcell.node.member import Member
@@ -40,39 +39,67 @@ from lockcell.statemachine.values import (
 )
 from lockcell.transport.peer import ForwardedReply, ForwardedRequest, PeerUnavailableError
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Handler = Callable[[ApiCall], Awaitable[Answer]]
 
 FORWARDED_HEADER = "X-Lockcell-Forwarded"
 LEADER_HEADER = "X-Lockcell-Leader"
 REQUEST_ID_HEADER = "X-Request-Id"
-MAX_BODY_BYTES = 1 << 20
 MAX_WAIT_MS = 300_000
-
-
-_HOT_PATHS = (
-    "/v1/sessions/{session}/handles/{handle}/lock",
-    "/v1/sessions/{session}/handles/{handle}",
-    "/v1/sessions/{session}/keepalive",
-    "/v1/sessions/{session}/handles",
-)
-"""Paths of the calls a busy cell answers most, matched first."""
+JSON = "application/json; charset=utf-8"
 
 
 class BadRequest(Exception):
     """Input that fails validation: answered 400 invalid_argument."""
 
 
-def json_reply(value: Any, status: int = 200) -> web.Response:
+def json_reply(value: Any, status: int = 200) -> Answer:
     """A JSON answer (orjson: several times faster than the json module on these bodies)."""
-    return web.Response(body=orjson.dumps(value), status=status,
-                        content_type="application/json", charset="utf-8")
+    return Answer(status, orjson.dumps(value), JSON)
 
 
-def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
+def error_response(status: int, code: str, message: str, **extra: Any) -> Answer:
     """The documented error body."""
     body: dict[str, Any] = {"code": code, "message": message}
     body.update(extra)
     return json_reply({"error": body}, status=status)
+
+
+class RouteTable:
+    """Matches a method and path to a route by comparing literal path segments (routes of
+    the same method and length are tried in table order)."""
+
+    def __init__(self, routes: Iterable[Route]) -> None:
+        self.routes = tuple(routes)
+        self._shapes: dict[tuple[str, int],
+                           list[tuple[Route, tuple[tuple[int, str], ...],
+                                      tuple[tuple[int, str], ...]]]] = {}
+        for route in self.routes:
+            parts = route.path.split("/")
+            literals = tuple((i, p) for i, p in enumerate(parts) if not p.startswith("{"))
+            params = tuple((i, p[1:-1]) for i, p in enumerate(parts) if p.startswith("{"))
+            self._shapes.setdefault((route.method, len(parts)), []).append(
+                (route, literals, params))
+
+    def resolve(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
+        """The route serving ``method path`` and its parameters, or None."""
+        parts = path.split("/")
+        for route, literals, params in self._shapes.get((method, len(parts)), ()):
+            for i, literal in literals:
+                if parts[i] != literal:
+                    break
+            else:
+                values = {name: parts[i] for i, name in params}
+                if all(values.values()):
+                    return route, values
+        return None
+
+    def other_methods(self, method: str, path: str) -> list[str]:
+        """Methods other than ``method`` that some route serves on ``path``."""
+        return sorted({m for m, _ in self._shapes if m != method
+                       and self.resolve(m, path) is not None})
+
+
+ROUTE_TABLE = RouteTable(ROUTES)
 
 
 def _json_body(raw: bytes, allowed: dict[str, tuple[type, ...]],
@@ -122,23 +149,11 @@ def _int_in(value: Any, field: str, lo: int, hi: int) -> int | None:
 
 
 class HttpApi:
-    """The client-facing aiohttp application of one member."""
+    """The client-facing calls of one member: one handler per route of :data:`ROUTES`."""
 
     def __init__(self, member: Member) -> None:
         self.member = member
-        self.app = web.Application(client_max_size=MAX_BODY_BYTES,
-                                   middlewares=[self._middleware])
-        self._add_routes()
-
-    @property
-    def service(self) -> CellService:
-        """The cell service."""
-        return self.member.service
-
-    # ------------------------------------------------------------------ plumbing
-
-    def _add_routes(self) -> None:
-        handlers: dict[str, Handler] = {
+        self._handlers: dict[str, Handler] = {
             "create_session": self.create_session,
             "keepalive": self.keepalive,
             "close_session": self.close_session,
@@ -166,62 +181,57 @@ class HttpApi:
             "openapi": self.openapi,
             "status_page": self.status_page,
         }
-        self._handlers = handlers
-        self._route_names: dict[Handler, str] = {}
-        # One resource per path, hottest first: aiohttp tries a prefix's resources in
-        # order, so the lock and file calls should not wait behind the rare ones.
-        paths = sorted({r.path: i for i, r in reversed(list(enumerate(ROUTES)))}.items(),
-                       key=lambda item: (_HOT_PATHS.index(item[0])
-                                         if item[0] in _HOT_PATHS else len(_HOT_PATHS),
-                                         item[1]))
-        for path, _ in paths:
-            resource = self.app.router.add_resource(path)
-            for route in (r for r in ROUTES if r.path == path):
-                handler = handlers[route.name]
-                resource.add_route(route.method, handler)
-                self._route_names[handler] = route.name
 
-    @web.middleware
-    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        route = self._route_names.get(request.match_info.handler, "unmatched")
-        return await self._dispatch(route, handler, request)
+    @property
+    def service(self) -> CellService:
+        """The cell service."""
+        return self.member.service
 
-    async def _dispatch(self, route: str, handler: Any, call: Any) -> web.StreamResponse:
-        """Run a handler, mapping documented errors to their answers (HTTP or forwarded)."""
+    def served(self) -> set[tuple[str, str]]:
+        """(method, path template) of every route with a handler."""
+        return {(r.method, r.path) for r in ROUTE_TABLE.routes if r.name in self._handlers}
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def answer(self, call: ApiCall) -> Answer:
+        """Answer one call, from the client port or forwarded by a follower."""
+        resolved = ROUTE_TABLE.resolve(call.method, call.path)
+        if resolved is None:
+            return await self._dispatch("unmatched", self._unmatched, call)
+        route, call.match_info = resolved
+        return await self._dispatch(route.name, self._handlers[route.name], call)
+
+    async def _unmatched(self, call: ApiCall) -> Answer:
+        if ROUTE_TABLE.other_methods(call.method, call.path):
+            raise BadRequest(f"{call.method} is not allowed on {call.path}")
+        return error_response(404, "not_found", "no such route")
+
+    async def _dispatch(self, route: str, handler: Handler, call: ApiCall) -> Answer:
+        """Run a handler, mapping documented errors to their answers."""
         started = time.perf_counter()
         try:
-            response: web.StreamResponse = await handler(call)
-        except web.HTTPException as exc:
-            if exc.status == 413:
-                response = error_response(413, "too_large", "request body too large")
-            elif exc.status == 404:
-                response = error_response(404, "not_found", "no such route")
-            elif exc.status == 405:
-                response = error_response(400, "invalid_argument",
-                                          f"{call.method} is not allowed on {call.path}")
-            else:
-                raise
+            answer = await handler(call)
         except BadRequest as exc:
-            response = error_response(400, "invalid_argument", str(exc))
+            answer = error_response(400, "invalid_argument", str(exc))
         except Unauthorized:
-            response = error_response(401, "unauthorized", "admin token required")
+            answer = error_response(401, "unauthorized", "admin token required")
         except (CallFailed, CellError) as exc:
             failure = exc.failure
             extra = {}
             if failure.lock_delay_until_ms is not None:
                 extra["lock_delay_until_ms"] = failure.lock_delay_until_ms
-            response = error_response(failure.http_status, failure.code.value, failure.message,
-                                      **extra)
+            answer = error_response(failure.http_status, failure.code.value, failure.message,
+                                    **extra)
         except Unavailable as exc:
-            response = error_response(503, "unavailable", str(exc))
-            response.headers["Retry-After"] = "1"
+            answer = replace(error_response(503, "unavailable", str(exc)),
+                             headers=(("Retry-After", "1"),))
         leader_url = self.member.leader_url()
-        if leader_url and LEADER_HEADER not in response.headers:
-            response.headers[LEADER_HEADER] = leader_url
-        self.member.metrics.observe_http(route, response.status, time.perf_counter() - started)
-        return response
+        if leader_url and answer.header(LEADER_HEADER) is None:
+            answer = replace(answer, headers=(*answer.headers, (LEADER_HEADER, leader_url)))
+        self.member.metrics.observe_http(route, answer.status, time.perf_counter() - started)
+        return answer
 
-    async def _leader_only(self, request: web.Request) -> web.StreamResponse | None:
+    async def _leader_only(self, request: ApiCall) -> Answer | None:
         """Forward to the leader unless this member serves; None means: handle here."""
         if self.service.serving:
             return None
@@ -247,31 +257,20 @@ class HttpApi:
             )
         except (TimeoutError, PeerUnavailableError) as exc:
             raise Unavailable(f"leader unreachable: {exc}") from exc
-        response = web.Response(status=reply.status, body=reply.body)
-        for key, value in reply.headers.items():
-            response.headers[key] = value
-        return response
+        return Answer(reply.status, reply.body, None, tuple(reply.headers.items()))
 
     async def handle_forwarded(self, request: ForwardedRequest) -> ForwardedReply:
         """Serve a call a follower forwarded over the peer link (same handlers, no HTTP)."""
-        call = ForwardedCall.of(request)
-        resolved = resolve_route(request.method, request.path)
-        response: web.StreamResponse
-        if resolved is None:
-            response = error_response(404, "not_found", "no such route")
-        else:
-            route, params = resolved
-            call.match_info = params
-            response = await self._dispatch(route.name, self._handlers[route.name], call)
-        assert isinstance(response, web.Response)
-        body = response.body if isinstance(response.body, bytes) else b""
-        return ForwardedReply(response.status,
-                              {k: v for k, v in response.headers.items()
-                               if k in ("Content-Type", LEADER_HEADER, "Retry-After")},
-                              body)
+        answer = await self.answer(ApiCall(request.method, request.path, request.query,
+                                           CIMultiDict(request.headers), request.body))
+        headers = {k: v for k, v in answer.headers
+                   if k in ("Content-Type", LEADER_HEADER, "Retry-After")}
+        if answer.content_type is not None:
+            headers["Content-Type"] = answer.content_type
+        return ForwardedReply(answer.status, headers, answer.body)
 
     @staticmethod
-    def _request_id(request: web.Request) -> str | None:
+    def _request_id(request: ApiCall) -> str | None:
         value = request.headers.get(REQUEST_ID_HEADER)
         if value is not None and not 0 < len(value) <= 256:
             raise BadRequest("X-Request-Id must be 1-256 characters")
@@ -287,7 +286,7 @@ class HttpApi:
             stat["lock"]["waiters"] = self.service.waiters_on(path)
         return stat
 
-    def _check_admin(self, request: web.Request) -> None:
+    def _check_admin(self, request: ApiCall) -> None:
         token = self.member.config.admin_token
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if (not token or scheme.lower() != "bearer"
@@ -296,7 +295,7 @@ class HttpApi:
 
     # ------------------------------------------------------------------ sessions
 
-    async def create_session(self, request: web.Request) -> web.StreamResponse:
+    async def create_session(self, request: ApiCall) -> Answer:
         """CreateSession."""
         if (fwd := await self._leader_only(request)) is not None:
             return fwd
@@ -305,7 +304,7 @@ class HttpApi:
         answer = await self.service.create_session(lease, self._request_id(request))
         return json_reply(answer, status=201)
 
-    async def keepalive(self, request: web.Request) -> web.StreamResponse:
+    async def keepalive(self, request: ApiCall) -> Answer:
         """KeepAlive (long poll)."""
         if (fwd := await self._leader_only(request)) is not None:
             return fwd
@@ -315,17 +314,17 @@ class HttpApi:
         answer = await self.service.keepalive(request.match_info["session"], wait_ms, ack)
         return json_reply(answer)
 
-    async def close_session(self, request: web.Request) -> web.StreamResponse:
+    async def close_session(self, request: ApiCall) -> Answer:
         """CloseSession."""
         if (fwd := await self._leader_only(request)) is not None:
             return fwd
         await self.service.close_session(request.match_info["session"],
                                          self._request_id(request))
-        return web.Response(status=204)
+        return Answer(204)
 
     # ------------------------------------------------------------------ handles
 
-    async def open(self, request: web.Request) -> web.StreamResponse:
+    async def open(self, request: ApiCall) -> Answer:
         """Open (and maybe create) a node."""
         if (fwd := await self._leader_only(request)) is not None:
             return fwd
@@ -355,23 +354,23 @@ class HttpApi:
         value["stat"] = self._with_waiters(value.get("stat"), handle=value.get("handle"))
         return json_reply(value, status=status)
 
-    async def close(self, request: web.Request) -> web.StreamResponse:
+    async def close(self, request: ApiCall) -> Answer:
         """Close a handle."""
         if (fwd := await self._leader_only(request)) is not None:
             return fwd
         await self.service.close(request.match_info["session"], request.match_info["handle"],
                                  self._request_id(request))
-        return web.Response(status=204)
+        return Answer(204)
 
-    async def poison(self, request: web.Request) -> web.StreamResponse:
+    async def poison(self, request: ApiCall) -> Answer:
         """Poison a handle."""
         if (fwd := await self._leader_only(request)) is not None:
             return fwd
         await self.service.poison(request.match_info["session"], request.match_info["handle"],
                                   self._request_id(request))
-        return web.Response(status=204)
+        return Answer(204)
 
-    async def get_contents(self, request: web.Request) -> web.StreamResponse:
+    async def get_contents(self, request: ApiCall) -> Answer:
         """GetContentsAndStat."""
         if (fwd := await self._leader_only(request)) is not None:
             return fwd
@@ -380,7 +379,7 @@ class HttpApi:
         value["stat"] = self._with_waiters(value.get("stat"), handle=handle)
         return json_reply(value)
 
-    async def get_stat(self, request: web.Request) -> web.StreamResponse:
+    async def get_stat(self, request: ApiCall) -> Answer:
         """GetStat."""
         if (fwd := await self._leader_only(request)) is not None:
             return fwd
@@ -389,7 +388,7 @@ class HttpApi:
         value["stat"] = self._with_waiters(value.get("stat"), handle=handle)
         return json_reply(value)
 
-    async def read_dir(self, request: web.Request) -> web.StreamResponse:
+    async def read_dir(self, request: ApiCall) -> Answer:
         """ReadDir."""
         if (fwd := await self._leader_only(request)) is not None:
             return fwd
@@ -402,7 +401,7 @@ class HttpApi:
                 child["stat"] = self._with_waiters(child.get("stat"), path=child_path)
         return json_reply(value)
 
-    async def set_contents(self, request: web.Request) -> web.StreamResponse:
+    async def set_contents(self, request: ApiCall) -> Answer:
         """SetContents (optionally compare-and-set on the content generation)."""
         if (fwd := await self._leader_only(request)) is not None:
             return fwd
@@ -417,18 +416,18 @@ class HttpApi:
         value["stat"] = self._with_waiters(value.get("stat"), handle=request.match_info["handle"])
         return json_reply(value)
 
-    async def delete(self, request: web.Request) -> web.StreamResponse:
+    async def delete(self, request: ApiCall) -> Answer:
         """Delete the handle's node."""
         if (fwd := await self._leader_only(request)) is not None:
             return fwd
         await self.service.write(Delete(now_ms=0, session=request.match_info["session"],
                                         handle=request.match_info["handle"],
                                         request_id=self._request_id(request)))
-        return web.Response(status=204)
+        return Answer(204)
 
     # ------------------------------------------------------------------ locks
 
-    async def acquire(self, request: web.Request) -> web.StreamResponse:
+    async def acquire(self, request: ApiCall) -> Answer:
         """Acquire / TryAcquire."""
         if (fwd := await self._leader_only(request)) is not None:
             return fwd
@@ -441,7 +440,7 @@ class HttpApi:
         return json_reply({"sequencer": value["sequencer"],
                                   "lock_generation": value["lock_generation"]})
 
-    async def release(self, request: web.Request) -> web.StreamResponse:
+    async def release(self, request: ApiCall) -> Answer:
         """Release (optionally only a named generation)."""
         if (fwd := await self._leader_only(request)) is not None:
             return fwd
@@ -455,9 +454,9 @@ class HttpApi:
                 raise BadRequest("generation must not be negative")
         await self.service.release(request.match_info["session"], request.match_info["handle"],
                                    generation, self._request_id(request))
-        return web.Response(status=204)
+        return Answer(204)
 
-    async def get_sequencer(self, request: web.Request) -> web.StreamResponse:
+    async def get_sequencer(self, request: ApiCall) -> Answer:
         """GetSequencer."""
         if (fwd := await self._leader_only(request)) is not None:
             return fwd
@@ -465,7 +464,7 @@ class HttpApi:
         value = await self.service.read(lambda s: s.get_sequencer(session, handle))
         return json_reply(value)
 
-    async def set_sequencer(self, request: web.Request) -> web.StreamResponse:
+    async def set_sequencer(self, request: ApiCall) -> Answer:
         """SetSequencer."""
         if (fwd := await self._leader_only(request)) is not None:
             return fwd
@@ -476,7 +475,7 @@ class HttpApi:
             request_id=self._request_id(request)))
         return json_reply(value)
 
-    async def check_sequencer(self, request: web.Request) -> web.StreamResponse:
+    async def check_sequencer(self, request: ApiCall) -> Answer:
         """CheckSequencer."""
         if (fwd := await self._leader_only(request)) is not None:
             return fwd
@@ -487,11 +486,11 @@ class HttpApi:
 
     # ------------------------------------------------------------------ cluster
 
-    async def cluster(self, request: web.Request) -> web.StreamResponse:
+    async def cluster(self, request: ApiCall) -> Answer:
         """This member's view of the cell."""
         return json_reply(self.member.cluster_view())
 
-    async def add_member(self, request: web.Request) -> web.StreamResponse:
+    async def add_member(self, request: ApiCall) -> Answer:
         """Add a learner (admin)."""
         self._check_admin(request)
         if (fwd := await self._leader_only(request)) is not None:
@@ -506,21 +505,21 @@ class HttpApi:
         view = await self.member.add_learner(doc["id"], doc["url"], doc["peer_url"])
         return json_reply(view, status=201)
 
-    async def promote_member(self, request: web.Request) -> web.StreamResponse:
+    async def promote_member(self, request: ApiCall) -> Answer:
         """Promote a learner to voter through joint consensus (admin)."""
         self._check_admin(request)
         if (fwd := await self._leader_only(request)) is not None:
             return fwd
         return json_reply(await self.member.promote(request.match_info["id"]))
 
-    async def remove_member(self, request: web.Request) -> web.StreamResponse:
+    async def remove_member(self, request: ApiCall) -> Answer:
         """Remove a member (admin)."""
         self._check_admin(request)
         if (fwd := await self._leader_only(request)) is not None:
             return fwd
         return json_reply(await self.member.remove(request.match_info["id"]))
 
-    async def transfer_leader(self, request: web.Request) -> web.StreamResponse:
+    async def transfer_leader(self, request: ApiCall) -> Answer:
         """Move leadership (admin)."""
         self._check_admin(request)
         if (fwd := await self._leader_only(request)) is not None:
@@ -530,78 +529,34 @@ class HttpApi:
 
     # ------------------------------------------------------------------ ops
 
-    async def metrics(self, request: web.Request) -> web.StreamResponse:
+    async def metrics(self, request: ApiCall) -> Answer:
         """Prometheus metrics."""
         body, content_type = self.member.metrics.render(self.member)
-        response = web.Response(body=body)
-        response.headers["Content-Type"] = content_type
-        return response
+        return Answer(200, body, content_type)
 
-    async def healthz(self, request: web.Request) -> web.StreamResponse:
+    async def healthz(self, request: ApiCall) -> Answer:
         """Liveness: 200 while the process serves."""
         return json_reply({"status": "ok", "id": self.member.id})
 
-    async def readyz(self, request: web.Request) -> web.StreamResponse:
+    async def readyz(self, request: ApiCall) -> Answer:
         """Readiness: in the configuration, a leader known, caught up."""
         ready, reason = await self.member.confirm_ready()
         return json_reply({"ready": ready, "reason": reason, "id": self.member.id},
                                  status=200 if ready else 503)
 
-    async def openapi(self, request: web.Request) -> web.StreamResponse:
+    async def openapi(self, request: ApiCall) -> Answer:
         """The OpenAPI document of this API."""
         return json_reply(openapi_document())
 
-    async def status_page(self, request: web.Request) -> web.StreamResponse:
+    async def status_page(self, request: ApiCall) -> Answer:
         """The status page: this member's view of the cell (api/statuspage.py)."""
         view = await gather_status_view(self.member)
-        response = web.Response(text=render_status_page(view), content_type="text/html")
-        response.headers["Cache-Control"] = "no-store"
-        return response
+        return Answer(200, render_status_page(view).encode(), "text/html; charset=utf-8",
+                      (("Cache-Control", "no-store"),))
 
 
 class Unauthorized(Exception):
     """A call without the cell's admin token."""
-
-
-@dataclass
-class ForwardedCall:
-    """A forwarded call in the shape handlers read from an aiohttp request."""
-
-    method: str
-    path: str
-    headers: CIMultiDict[str]
-    query: MultiDict[str]
-    body: bytes
-    match_info: dict[str, str]
-
-    @staticmethod
-    def of(request: ForwardedRequest) -> ForwardedCall:
-        """Wrap a forwarded request."""
-        return ForwardedCall(request.method, request.path, CIMultiDict(request.headers),
-                             MultiDict(parse_qsl(request.query, keep_blank_values=True)),
-                             request.body, {})
-
-    async def read(self) -> bytes:
-        """The body."""
-        return self.body
-
-
-def _route_pattern(template: str) -> re.Pattern[str]:
-    escaped = re.escape(template)
-    return re.compile("^" + re.sub(r"\\{(\w+)\\}", r"(?P<\1>[^/]+)", escaped) + "$")
-
-
-_COMPILED = [(route, _route_pattern(route.path)) for route in ROUTES]
-
-
-def resolve_route(method: str, path: str) -> tuple[Route, dict[str, str]] | None:
-    """Match a method and path against the route table."""
-    for route, pattern in _COMPILED:
-        if route.method == method:
-            match = pattern.match(path)
-            if match is not None:
-                return route, match.groupdict()
-    return None
 
 
 def _capped(wait_ms: int | None) -> int | None:

@@ -8,9 +8,8 @@ import logging
 import resource
 import signal
 
-from aiohttp import web
-
-from lockcell.api.http import HttpApi
+from lockcell.api.http import HttpApi, error_response
+from lockcell.api.wire import HttpServer
 from lockcell.node.member import Member, MemberConfig
 
 log = logging.getLogger("lockcell.server")
@@ -35,12 +34,8 @@ async def serve(config: MemberConfig, ready: asyncio.Event | None = None) -> Non
     api = HttpApi(member)
     member.set_forward_handler(api.handle_forwarded)
     await member.start()
-    runner = web.AppRunner(api.app, access_log=None, handle_signals=False,
-                           keepalive_timeout=75.0)
-    await runner.setup()
-    site = web.TCPSite(runner, config.client_host, config.client_port, backlog=4096,
-                       reuse_address=True)
-    await site.start()
+    http = HttpServer(api.answer, error_response, idle_timeout=75.0)
+    await http.start(config.client_host, config.client_port, backlog=4096)
     log.info("member %s of cell %s serving clients on %s, peers on %s (fd limit %d)",
              member.id, config.cell, config.advertised_client_url,
              config.advertised_peer_url, limit)
@@ -55,5 +50,5 @@ async def serve(config: MemberConfig, ready: asyncio.Event | None = None) -> Non
         await stop.wait()
     finally:
         log.info("member %s stopping", member.id)
-        await runner.cleanup()
+        await http.close()
         await member.stop()
