@@ -99,7 +99,10 @@ class _Waiter:
     handle: str
     mode: LockMode
     future: asyncio.Future[JsonDict]
+    wait_ms: int
     granting: bool = False
+    expired: bool = False
+    """``wait_ms`` ran out while a grant to it was in the log: that grant decides."""
 
 
 @dataclass
@@ -622,23 +625,37 @@ class CellService:
         if info is None or info.session != session:
             raise CallFailed(failure)
         path = info.path
-        waiter = _Waiter(session, handle, mode, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(session, handle, mode, loop.create_future(), wait_ms)
         queue = self._queues.setdefault(path, _LockQueue())
         queue.waiters.append(waiter)
         self._schedule_grants(path)
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                return await asyncio.wait_for(asyncio.shield(waiter.future), max(remaining, 0))
-            except TimeoutError:
-                if waiter.granting and not waiter.future.done():
-                    continue  # a grant is in the log: its outcome decides
-                if waiter.future.done():
-                    return waiter.future.result()
+        # The grant resolves the waiter's future directly (one loop turn from the commit to
+        # this call's answer); a timer ends the wait instead of wait_for's extra hops.
+        timer = loop.call_later(max(deadline - time.monotonic(), 0.0), self._wait_ran_out,
+                                queue, waiter)
+        try:
+            return await waiter.future
+        except asyncio.CancelledError:
+            if not waiter.granting:
                 with contextlib.suppress(ValueError):
                     queue.waiters.remove(waiter)
-                raise CallFailed(Failure(ErrorCode.LOCK_BUSY,
-                                         f"lock still held after {wait_ms} ms")) from None
+            raise
+        finally:
+            timer.cancel()
+
+    @staticmethod
+    def _wait_ran_out(queue: _LockQueue, waiter: _Waiter) -> None:
+        """``wait_ms`` is over: fail the Acquire, unless a grant to it is in the log."""
+        if waiter.future.done():
+            return
+        if waiter.granting:
+            waiter.expired = True
+            return
+        with contextlib.suppress(ValueError):
+            queue.waiters.remove(waiter)
+        waiter.future.set_exception(CallFailed(Failure(
+            ErrorCode.LOCK_BUSY, f"lock still held after {waiter.wait_ms} ms")))
 
     def _next_grants(self, path: str) -> list[_Waiter]:
         """The queue heads that may take the lock if it becomes (or is) free."""
@@ -703,33 +720,51 @@ class CellService:
                 pass
             finally:
                 queue.grant_in_flight = False
-                for waiter in heads:
-                    waiter.granting = False
+                self._grants_settled(queue, heads)
                 self._schedule_grants(path)
 
         asyncio.get_running_loop().create_task(run())
 
-    def grants_for_release(self, handle: str) -> tuple[Grant, ...]:
-        """Grants to ride on a Release/Close of ``handle``: its queue's heads (one entry)."""
+    def _heads_for_release(self, handle: str) -> tuple[_LockQueue | None, list[_Waiter]]:
+        """The waiters to grant in the same entry as a Release/Close of ``handle``."""
         info = self.state.describe_handle(handle)
         if info is None or info.lock_mode is None:
-            return ()
+            return None, []
         queue = self._queues.get(info.path)
         if queue is None or queue.grant_in_flight:
-            return ()
+            return None, []
         lock = self.state.lock_info(info.path)
         if lock is None or len(lock.holders) > 1 or lock.lock_delay_until_ms > time.time() * 1000:
-            return ()
-        heads = self._next_grants(info.path)
-        return tuple(Grant(session=w.session, handle=w.handle, mode=w.mode) for w in heads)
+            return None, []
+        return queue, self._next_grants(info.path)
+
+    async def _release_granting(self, handle: str,
+                                make: Callable[[tuple[Grant, ...]], Command]) -> None:
+        """Write a Release/Close that also grants the lock to its queue's heads; while it is
+        in the log those waiters count as being granted (their wait cannot run out)."""
+        queue, heads = self._heads_for_release(handle)
+        for waiter in heads:
+            waiter.granting = True
+        try:
+            await self.write(make(tuple(Grant(session=w.session, handle=w.handle, mode=w.mode)
+                                        for w in heads)))
+        finally:
+            if queue is not None:
+                self._grants_settled(queue, heads)
+
+    def _grants_settled(self, queue: _LockQueue, heads: list[_Waiter]) -> None:
+        """A grant to ``heads`` was applied or lost: waits that ran out meanwhile end now."""
+        for waiter in heads:
+            waiter.granting = False
+            if waiter.expired:
+                self._wait_ran_out(queue, waiter)
 
     async def release(self, session: str, handle: str, generation: int | None,
                       request_id: str | None) -> None:
         """Release: the release and the grant to the next waiter(s) are one log entry."""
-        grants = self.grants_for_release(handle)
-        await self.write(Release(now_ms=0, session=session, handle=handle,
-                                 generation=generation, request_id=request_id,
-                                 grant_next=grants))
+        await self._release_granting(handle, lambda grants: Release(
+            now_ms=0, session=session, handle=handle, generation=generation,
+            request_id=request_id, grant_next=grants))
 
     async def poison(self, session: str, handle: str, request_id: str | None) -> None:
         """Poison: later calls on the handle fail, and so does its queued Acquire."""
@@ -739,9 +774,9 @@ class CellService:
 
     async def close(self, session: str, handle: str, request_id: str | None) -> None:
         """Close: releases the handle's lock (granting to waiters in the same entry)."""
-        grants = self.grants_for_release(handle)
-        await self.write(Close(now_ms=0, session=session, handle=handle,
-                               request_id=request_id, grant_next=grants))
+        await self._release_granting(handle, lambda grants: Close(
+            now_ms=0, session=session, handle=handle, request_id=request_id,
+            grant_next=grants))
 
     def _find_waiter(self, session: str, handle: str) -> _Waiter | None:
         for queue in self._queues.values():
