@@ -10,6 +10,7 @@ import logging
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from lockcell.raft.types import Message, MessageType, NodeId
 from lockcell.transport.codec import DecodeError, decode_messages, encode_messages
@@ -31,6 +32,10 @@ meets one giant frame."""
 _FRAME = struct.Struct("<IB")
 _ID = struct.Struct("<Q")
 PROTOCOL = "lockcell-peer/1"
+HELLO_TIMEOUT_S = 5.0
+"""An inbound link that has not said HELLO by then is closed."""
+MAX_HELLO = 64 << 10
+"""Largest first frame accepted from a peer that has not proven the cell's secret yet."""
 
 
 class PeerUnavailableError(ConnectionError):
@@ -169,7 +174,7 @@ class PeerTransport:
         self._report_snapshot = report_snapshot
         self._links: dict[NodeId, _Link] = {}
         self._server: asyncio.base_events.Server | None = None
-        self._inbound: set[asyncio.StreamWriter] = set()
+        self._inbound: set[_InboundLink] = set()
         self._next_id = 0
         self._closed = False
         self.refused_connections = 0
@@ -180,8 +185,8 @@ class PeerTransport:
 
     async def listen(self, host: str, port: int) -> int:
         """Start accepting peers; returns the bound port."""
-        self._server = await asyncio.start_server(self._serve_inbound, host, port,
-                                                  limit=MAX_FRAME)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _InboundLink(self), host, port)
         sock = self._server.sockets[0]
         return int(sock.getsockname()[1])
 
@@ -197,7 +202,7 @@ class PeerTransport:
             if link.writer is not None:
                 link.writer.close()
         for inbound in list(self._inbound):
-            inbound.close()  # its reader then ends; cancelling would log from asyncio
+            inbound.close()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
@@ -369,34 +374,12 @@ class PeerTransport:
 
     # ------------------------------------------------------------------ receiving
 
-    async def _serve_inbound(self, reader: asyncio.StreamReader,
-                             writer: asyncio.StreamWriter) -> None:
-        self._inbound.add(writer)
+    def _check_hello(self, kind: int, payload: bytes) -> bool:
+        """Whether an inbound link's first frame is a HELLO of this cell with its secret
+        (the peer's address is learnt from it)."""
         try:
-            if not await self._accept_hello(reader, writer):
-                return
-            lock = asyncio.Lock()
-            while True:
-                kind, payload = await read_frame(reader)
-                if kind == FRAME_RAFT:
-                    self._on_raft(decode_messages(payload))
-                elif kind == FRAME_FORWARD:
-                    asyncio.get_running_loop().create_task(
-                        self._answer_forward(payload, writer, lock))
-        except (asyncio.IncompleteReadError, ConnectionError, OSError):
-            pass
-        except (DecodeError, ValueError) as exc:
-            log.warning("dropping peer connection after a malformed frame: %s", exc)
-        finally:
-            self._inbound.discard(writer)
-            writer.close()
-
-    async def _accept_hello(self, reader: asyncio.StreamReader,
-                            writer: asyncio.StreamWriter) -> bool:
-        try:
-            kind, payload = await asyncio.wait_for(read_frame(reader), 5.0)
             hello = json.loads(payload) if kind == FRAME_HELLO else {}
-        except (TimeoutError, asyncio.IncompleteReadError, DecodeError, ValueError):
+        except ValueError:
             hello = {}
         secret = hello.get("secret") if isinstance(hello, dict) else None
         ok = (
@@ -407,12 +390,7 @@ class PeerTransport:
         )
         if not ok:
             self.refused_connections += 1
-            with contextlib.suppress(OSError):
-                writer.write(frame(FRAME_REFUSED, b"peer secret or cell name mismatch"))
-                await writer.drain()
             return False
-        writer.write(frame(FRAME_HELLO_OK, b""))
-        await writer.drain()
         sender, address = hello.get("from"), hello.get("address")
         if isinstance(sender, str) and isinstance(address, str) and address:
             self._learn(sender, address)
@@ -424,8 +402,7 @@ class PeerTransport:
         if peer != self.self_id and peer not in self._known and peer not in self._links:
             self._links[peer] = _Link(peer, address)
 
-    async def _answer_forward(self, payload: bytes, writer: asyncio.StreamWriter,
-                              lock: asyncio.Lock) -> None:
+    async def _answer_forward(self, payload: bytes, link: _InboundLink) -> None:
         if len(payload) < _ID.size:
             return
         (request_id,) = _ID.unpack_from(payload, 0)
@@ -436,8 +413,86 @@ class PeerTransport:
             reply = ForwardedReply(400, {"Content-Type": "application/json"},
                                    json.dumps({"error": {"code": "invalid_argument",
                                                          "message": str(exc)}}).encode())
-        async with lock:
-            with contextlib.suppress(OSError, ConnectionError):
-                body = _ID.pack(request_id) + _encode_reply(reply)
-                writer.write(frame(FRAME_FORWARD_REPLY, body))
-                await writer.drain()
+        link.write(frame(FRAME_FORWARD_REPLY, _ID.pack(request_id) + _encode_reply(reply)))
+
+
+class _InboundLink(asyncio.Protocol):
+    """A link a peer dialled: its HELLO is checked, then every complete Raft frame of each
+    read goes to the driver at once (no reader task in between)."""
+
+    def __init__(self, owner: PeerTransport) -> None:
+        self._owner = owner
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._greeted = False
+        self._hello_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # (uvloop's is not a subclass)
+        self._owner._inbound.add(self)
+        self._hello_timer = asyncio.get_running_loop().call_later(HELLO_TIMEOUT_S, self.close)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._owner._inbound.discard(self)
+        self._transport = None
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        start = 0
+        frames: list[tuple[int, bytes]] = []
+        while len(buffer) - start >= _FRAME.size:
+            size, kind = _FRAME.unpack_from(buffer, start)
+            limit = MAX_FRAME if self._greeted else MAX_HELLO
+            if size > limit:
+                log.warning("dropping peer connection after a malformed frame: "
+                            "frame of %d bytes exceeds %d", size, limit)
+                self.close()
+                return
+            end = start + _FRAME.size + size
+            if len(buffer) < end:
+                break
+            with memoryview(buffer) as view:
+                frames.append((kind, bytes(view[start + _FRAME.size : end])))
+            start = end
+        if start:
+            del buffer[:start]
+        for kind, payload in frames:
+            if self._transport is None or self._transport.is_closing():
+                return
+            self._on_frame(kind, payload)
+
+    def _on_frame(self, kind: int, payload: bytes) -> None:
+        owner = self._owner
+        if not self._greeted:
+            if self._hello_timer is not None:
+                self._hello_timer.cancel()
+                self._hello_timer = None
+            if not owner._check_hello(kind, payload):
+                self.write(frame(FRAME_REFUSED, b"peer secret or cell name mismatch"))
+                self.close()
+                return
+            self._greeted = True
+            self.write(frame(FRAME_HELLO_OK, b""))
+        elif kind == FRAME_RAFT:
+            try:
+                messages = decode_messages(payload)
+            except (DecodeError, ValueError) as exc:
+                log.warning("dropping peer connection after a malformed frame: %s", exc)
+                self.close()
+                return
+            owner._on_raft(messages)
+        elif kind == FRAME_FORWARD:
+            asyncio.get_running_loop().create_task(owner._answer_forward(payload, self))
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` unless the link is gone."""
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def close(self) -> None:
+        """Close the link (after what is already written)."""
+        if self._transport is not None:
+            self._transport.close()
