@@ -139,6 +139,17 @@ async def test_connection_close_and_http10(served: Any) -> None:
     link.close()
 
 
+async def test_half_closed_client_still_gets_its_answers(served: Any) -> None:
+    server, _ = served
+    link = await Link.to(server)
+    link.send(request("GET", "/slow/100") + request("GET", "/b"))
+    await link.writer.drain()
+    link.writer.write_eof()
+    paths = [json.loads((await link.answer())[2])["path"] for _ in range(2)]
+    assert paths == ["/slow/100", "/b"]
+    assert await link.closed()
+
+
 async def test_chunked_body_is_read_whole(served: Any) -> None:
     server, _ = served
     link = await Link.to(server)

@@ -210,6 +210,11 @@ class HttpConnection(asyncio.Protocol):
             self._refuse(400, "invalid_argument",
                          f"request line and headers longer than {MAX_HEAD_BYTES} bytes")
 
+    def eof_received(self) -> bool:
+        # The client has sent all it will: answer what was parsed, then close.
+        self._broken = True
+        return self.busy  # True keeps our side open for the answers still to come
+
     def pause_writing(self) -> None:
         if self._writable is None:
             self._writable = asyncio.get_running_loop().create_future()
