@@ -132,3 +132,64 @@ async def test_cancelled_wait_leaves_the_queue() -> None:
     with pytest.raises(asyncio.CancelledError):
         await waiter
     assert service.waiters_on("/ls/demo/f") == 0
+
+
+async def test_a_long_queue_is_served_in_order_past_timeouts_and_cancels() -> None:
+    """1,000 waiters: every tenth gives up (timeout or cancel) while queued; the rest get
+    the lock one after another in arrival order, and the queue and its index end empty."""
+    service, _ = await _cell()
+    holder = (await service.create_session(60000, None))["session"]
+    first = await _handle(service, holder, "h" * 32)
+    await service.acquire(holder, first, LockMode.EXCLUSIVE, 0, None)
+    calls = []
+    for i in range(1000):
+        s = (await service.create_session(60000, None))["session"]
+        h = await _handle(service, s, f"{i:032d}")
+        wait_ms = 30 if i % 20 == 5 else 60000
+        calls.append((i, s, h, asyncio.ensure_future(
+            service.acquire(s, h, LockMode.EXCLUSIVE, wait_ms, None))))
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.1)  # the short waits run out
+    for i, _, _, call in calls:
+        if i % 20 == 15:
+            call.cancel()
+    await asyncio.sleep(0)
+    gave_up = {i for i, *_ in calls if i % 10 == 5}
+    assert service.waiters_on("/ls/demo/f") == 1000 - len(gave_up)
+    order = []
+    owner, handle = holder, first
+    waiting = {c[3]: c for c in calls if c[0] not in gave_up}
+    while waiting:
+        await service.release(owner, handle, None, None)
+        done, _ = await asyncio.wait(waiting, timeout=1, return_when=asyncio.FIRST_COMPLETED)
+        assert len(done) == 1, "one grant per release"
+        i, owner, handle, call = waiting.pop(done.pop())
+        assert call.result()["lock_generation"] > 0
+        order.append(i)
+    assert order == [i for i in range(1000) if i not in gave_up]
+    for i, _, _, call in calls:
+        if i % 20 == 5:
+            assert isinstance(call.exception(), CallFailed)
+        elif i % 20 == 15:
+            assert call.cancelled()
+    assert service.waiters_on("/ls/demo/f") == 0
+    assert service._queued == {}
+
+
+async def test_two_waits_on_one_handle_are_both_answered() -> None:
+    service, _, (a, ha), first = await _holder_and_waiter(wait_ms=60000)
+    b, hb = "", ""
+    for key in service._queued:
+        b, hb = key
+    second = asyncio.ensure_future(service.acquire(b, hb, LockMode.EXCLUSIVE, 60000, None))
+    await asyncio.sleep(0.01)
+    assert service.waiters_on("/ls/demo/f") == 2
+    await service.release(a, ha, None, None)
+    granted = await asyncio.wait_for(first, 1)
+    assert granted["lock_generation"] > 0
+    assert not second.done()  # the handle holds the lock; its second wait still waits
+    await service.release(b, hb, None, None)  # ... and gets it with the release
+    again = await asyncio.wait_for(second, 1)
+    assert again["lock_generation"] > granted["lock_generation"]
+    assert service.waiters_on("/ls/demo/f") == 0
+    assert service._queued == {}

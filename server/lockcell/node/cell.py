@@ -91,16 +91,19 @@ class _SessionMemory:
     expiring: asyncio.Future[bool] | None = None
 
 
-@dataclass
+@dataclass(eq=False)
 class _Waiter:
-    """A blocking Acquire queued at the leader."""
+    """A blocking Acquire queued at the leader (compared by identity)."""
 
     session: str
     handle: str
+    path: str
     mode: LockMode
     future: asyncio.Future[JsonDict]
     wait_ms: int
     granting: bool = False
+    queued: bool = True
+    """In its lock's queue and the index; cleared when it leaves both."""
     expired: bool = False
     """``wait_ms`` ran out while a grant to it was in the log: that grant decides."""
 
@@ -166,6 +169,9 @@ class CellService:
         self._lease_back: asyncio.Future[None] | None = None
         """Resolved when the leader lease holds again (KeepAlives wait on it together)."""
         self._queues: dict[str, _LockQueue] = {}
+        self._queued: dict[tuple[str, str], deque[_Waiter]] = {}
+        """(session, handle) -> its queued Acquires, oldest first: finds the waiter of a
+        grant without scanning the queues."""
         self._serving = False
         self._expiry_task: asyncio.Task[None] | None = None
         self.counters: dict[str, int] = {
@@ -310,9 +316,11 @@ class CellService:
             if queue.delay_timer is not None:
                 queue.delay_timer.cancel()
             for waiter in queue.waiters:
+                waiter.queued = False
                 if not waiter.future.done():
                     waiter.future.set_exception(exc)
         self._queues = {}
+        self._queued = {}
 
     def _queue_event(self, session: str, event: JsonDict) -> None:
         memory = self._sessions.get(session)
@@ -347,6 +355,7 @@ class CellService:
                 queue = self._queues.pop(effect.path, None)
                 if queue is not None:
                     for waiter in queue.waiters:
+                        self._unindex(waiter)
                         if not waiter.future.done():
                             waiter.future.set_exception(
                                 _fail(ErrorCode.HANDLE_INVALID, "node deleted"))
@@ -364,6 +373,7 @@ class CellService:
             for waiter in queue.waiters:
                 matches = waiter.session == session or waiter.handle == handle
                 if matches and not waiter.granting:
+                    self._unindex(waiter)
                     if not waiter.future.done():
                         waiter.future.set_exception(exc)
                 else:
@@ -626,36 +636,57 @@ class CellService:
             raise CallFailed(failure)
         path = info.path
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(session, handle, mode, loop.create_future(), wait_ms)
-        queue = self._queues.setdefault(path, _LockQueue())
-        queue.waiters.append(waiter)
+        waiter = _Waiter(session, handle, path, mode, loop.create_future(), wait_ms)
+        self._queues.setdefault(path, _LockQueue()).waiters.append(waiter)
+        self._queued.setdefault((session, handle), deque()).append(waiter)
         self._schedule_grants(path)
         # The grant resolves the waiter's future directly (one loop turn from the commit to
         # this call's answer); a timer ends the wait instead of wait_for's extra hops.
         timer = loop.call_later(max(deadline - time.monotonic(), 0.0), self._wait_ran_out,
-                                queue, waiter)
+                                waiter)
         try:
             return await waiter.future
         except asyncio.CancelledError:
             if not waiter.granting:
-                with contextlib.suppress(ValueError):
-                    queue.waiters.remove(waiter)
+                self._dequeue(waiter)
             raise
         finally:
             timer.cancel()
 
-    @staticmethod
-    def _wait_ran_out(queue: _LockQueue, waiter: _Waiter) -> None:
+    def _wait_ran_out(self, waiter: _Waiter) -> None:
         """``wait_ms`` is over: fail the Acquire, unless a grant to it is in the log."""
         if waiter.future.done():
             return
         if waiter.granting:
             waiter.expired = True
             return
-        with contextlib.suppress(ValueError):
-            queue.waiters.remove(waiter)
+        self._dequeue(waiter)
         waiter.future.set_exception(CallFailed(Failure(
             ErrorCode.LOCK_BUSY, f"lock still held after {waiter.wait_ms} ms")))
+
+    def _dequeue(self, waiter: _Waiter) -> None:
+        """Take ``waiter`` out of its lock's queue and the index (if still there)."""
+        if not waiter.queued:
+            return
+        queue = self._queues.get(waiter.path)
+        if queue is not None:
+            if queue.waiters and queue.waiters[0] is waiter:
+                queue.waiters.popleft()
+            else:
+                with contextlib.suppress(ValueError):
+                    queue.waiters.remove(waiter)
+        self._unindex(waiter)
+
+    def _unindex(self, waiter: _Waiter) -> None:
+        waiter.queued = False
+        key = (waiter.session, waiter.handle)
+        same = self._queued.get(key)
+        if same is None:
+            return
+        with contextlib.suppress(ValueError):
+            same.remove(waiter)
+        if not same:
+            del self._queued[key]
 
     def _next_grants(self, path: str) -> list[_Waiter]:
         """The queue heads that may take the lock if it becomes (or is) free."""
@@ -669,7 +700,8 @@ class CellService:
         for waiter in queue.waiters:
             if waiter.mode is not LockMode.SHARED:
                 break
-            run.append(waiter)
+            if not waiter.future.done():
+                run.append(waiter)
         return run
 
     def _schedule_grants(self, path: str) -> None:
@@ -677,7 +709,11 @@ class CellService:
         queue = self._queues.get(path)
         if queue is None or not self.serving:
             return
-        queue.waiters = deque(w for w in queue.waiters if not w.future.done())
+        # Every way out of the queue dequeues its waiter; one whose call ended while a grant
+        # to it was in the log leaves when that grant settles, at the head.
+        waiters = queue.waiters
+        while waiters and waiters[0].future.done() and not waiters[0].granting:
+            self._dequeue(waiters[0])
         if not queue.waiters:
             if queue.delay_timer is None and not queue.grant_in_flight:
                 self._queues.pop(path, None)
@@ -695,6 +731,8 @@ class CellService:
                     delay, self._delay_ended, path)
             return
         heads = self._next_grants(path)
+        if not heads or any(w.granting for w in heads):
+            return  # a grant to them is in the log; its outcome calls us again
         if lock.mode is LockMode.EXCLUSIVE or (
             lock.mode is LockMode.SHARED and heads[0].mode is LockMode.EXCLUSIVE
         ):
@@ -720,44 +758,48 @@ class CellService:
                 pass
             finally:
                 queue.grant_in_flight = False
-                self._grants_settled(queue, heads)
+                self._grants_settled(heads)
                 self._schedule_grants(path)
 
         asyncio.get_running_loop().create_task(run())
 
-    def _heads_for_release(self, handle: str) -> tuple[_LockQueue | None, list[_Waiter]]:
+    def _heads_for_release(self, handle: str) -> list[_Waiter]:
         """The waiters to grant in the same entry as a Release/Close of ``handle``."""
         info = self.state.describe_handle(handle)
         if info is None or info.lock_mode is None:
-            return None, []
+            return []
         queue = self._queues.get(info.path)
         if queue is None or queue.grant_in_flight:
-            return None, []
+            return []
         lock = self.state.lock_info(info.path)
         if lock is None or len(lock.holders) > 1 or lock.lock_delay_until_ms > time.time() * 1000:
-            return None, []
-        return queue, self._next_grants(info.path)
+            return []
+        heads = self._next_grants(info.path)
+        return [] if any(w.granting for w in heads) else heads
 
     async def _release_granting(self, handle: str,
                                 make: Callable[[tuple[Grant, ...]], Command]) -> None:
         """Write a Release/Close that also grants the lock to its queue's heads; while it is
         in the log those waiters count as being granted (their wait cannot run out)."""
-        queue, heads = self._heads_for_release(handle)
+        heads = self._heads_for_release(handle)
         for waiter in heads:
             waiter.granting = True
         try:
             await self.write(make(tuple(Grant(session=w.session, handle=w.handle, mode=w.mode)
                                         for w in heads)))
         finally:
-            if queue is not None:
-                self._grants_settled(queue, heads)
+            if heads:
+                self._grants_settled(heads)
+                self._schedule_grants(heads[0].path)
 
-    def _grants_settled(self, queue: _LockQueue, heads: list[_Waiter]) -> None:
+    def _grants_settled(self, heads: list[_Waiter]) -> None:
         """A grant to ``heads`` was applied or lost: waits that ran out meanwhile end now."""
         for waiter in heads:
             waiter.granting = False
             if waiter.expired:
-                self._wait_ran_out(queue, waiter)
+                self._wait_ran_out(waiter)
+            elif waiter.future.done():  # its call ended while the grant was in the log
+                self._dequeue(waiter)
 
     async def release(self, session: str, handle: str, generation: int | None,
                       request_id: str | None) -> None:
@@ -779,24 +821,20 @@ class CellService:
             grant_next=grants))
 
     def _find_waiter(self, session: str, handle: str) -> _Waiter | None:
-        for queue in self._queues.values():
-            for waiter in queue.waiters:
-                if waiter.session == session and waiter.handle == handle:
-                    return waiter
-        return None
+        same = self._queued.get((session, handle))
+        return same[0] if same else None
 
     def _granted(self, effect: LockGranted) -> None:
         waiter = self._find_waiter(effect.session, effect.handle)
-        if waiter is None or waiter.future.done():
+        if waiter is None:
+            return
+        self._dequeue(waiter)
+        if waiter.future.done():
             return
         sequencer = SequencerRef(effect.path, effect.mode, effect.lock_generation,
                                  effect.instance).encode()
         waiter.future.set_result({"sequencer": sequencer,
                                   "lock_generation": effect.lock_generation})
-        queue = self._queues.get(effect.path)
-        if queue is not None:
-            with contextlib.suppress(ValueError):
-                queue.waiters.remove(waiter)
 
     def _grant_skipped(self, effect: GrantSkipped) -> None:
         waiter = self._find_waiter(effect.session, effect.handle)
@@ -804,6 +842,7 @@ class CellService:
             return
         if effect.failure.code in (ErrorCode.LOCK_BUSY, ErrorCode.LOCK_DELAY):
             return  # still queued; a later release grants it
+        self._dequeue(waiter)
         if not waiter.future.done():
             waiter.future.set_exception(CallFailed(effect.failure))
 
