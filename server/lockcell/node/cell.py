@@ -713,7 +713,7 @@ class CellService:
         # to it was in the log leaves when that grant settles, at the head.
         waiters = queue.waiters
         while waiters and waiters[0].future.done() and not waiters[0].granting:
-            self._dequeue(waiters[0])
+            self._unindex(waiters.popleft())
         if not queue.waiters:
             if queue.delay_timer is None and not queue.grant_in_flight:
                 self._queues.pop(path, None)
