@@ -35,7 +35,7 @@ class Echo:
             return Answer(204)
         body = json.dumps({"method": call.method, "path": call.path,
                            "query": sorted(call.query.items()),
-                           "body": (await call.read()).decode(),
+                           "body": call.body.decode(),
                            "x": call.headers.get("X-Thing")}).encode()
         return Answer(200, body, "application/json", (("X-Extra", "1"),))
 

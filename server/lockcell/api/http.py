@@ -8,7 +8,6 @@ import hmac
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import replace
 from secrets import token_hex
 from typing import Any
 
@@ -79,6 +78,7 @@ class RouteTable:
             params = tuple((i, p[1:-1]) for i, p in enumerate(parts) if p.startswith("{"))
             self._shapes.setdefault((route.method, len(parts)), []).append(
                 (route, literals, params))
+        self._methods = frozenset(route.method for route in self.routes)
 
     def resolve(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
         """The route serving ``method path`` and its parameters, or None."""
@@ -93,10 +93,9 @@ class RouteTable:
                     return route, values
         return None
 
-    def other_methods(self, method: str, path: str) -> list[str]:
-        """Methods other than ``method`` that some route serves on ``path``."""
-        return sorted({m for m, _ in self._shapes if m != method
-                       and self.resolve(m, path) is not None})
+    def serves_other_method(self, method: str, path: str) -> bool:
+        """Whether a route serves ``path`` with a method other than ``method``."""
+        return any(m != method and self.resolve(m, path) is not None for m in self._methods)
 
 
 ROUTE_TABLE = RouteTable(ROUTES)
@@ -202,7 +201,7 @@ class HttpApi:
         return await self._dispatch(route.name, self._handlers[route.name], call)
 
     async def _unmatched(self, call: ApiCall) -> Answer:
-        if ROUTE_TABLE.other_methods(call.method, call.path):
+        if ROUTE_TABLE.serves_other_method(call.method, call.path):
             raise BadRequest(f"{call.method} is not allowed on {call.path}")
         return error_response(404, "not_found", "no such route")
 
@@ -223,11 +222,11 @@ class HttpApi:
             answer = error_response(failure.http_status, failure.code.value, failure.message,
                                     **extra)
         except Unavailable as exc:
-            answer = replace(error_response(503, "unavailable", str(exc)),
-                             headers=(("Retry-After", "1"),))
+            answer = error_response(503, "unavailable", str(exc))
+            answer = answer.with_header("Retry-After", "1")
         leader_url = self.member.leader_url()
         if leader_url and answer.header(LEADER_HEADER) is None:
-            answer = replace(answer, headers=(*answer.headers, (LEADER_HEADER, leader_url)))
+            answer = answer.with_header(LEADER_HEADER, leader_url)
         self.member.metrics.observe_http(route, answer.status, time.perf_counter() - started)
         return answer
 
@@ -240,7 +239,7 @@ class HttpApi:
         leader = self.member.driver.leader_id
         if leader is None or leader == self.member.id:
             raise Unavailable("no leader yet")
-        body = await request.read()
+        body = request.body
         passed = {REQUEST_ID_HEADER.lower(), "content-type", "authorization"}
         headers = {k: v for k, v in request.headers.items() if k.lower() in passed}
         headers[FORWARDED_HEADER] = self.member.id
@@ -299,7 +298,7 @@ class HttpApi:
         """CreateSession."""
         if (fwd := await self._leader_only(request)) is not None:
             return fwd
-        doc = _json_body(await request.read(), {"lease_ms": (int,)})
+        doc = _json_body(request.body, {"lease_ms": (int,)})
         lease = _int_in(doc.get("lease_ms"), "lease_ms", 0, 2**63)  # clamped by the cell
         answer = await self.service.create_session(lease, self._request_id(request))
         return json_reply(answer, status=201)
@@ -308,7 +307,7 @@ class HttpApi:
         """KeepAlive (long poll)."""
         if (fwd := await self._leader_only(request)) is not None:
             return fwd
-        doc = _json_body(await request.read(), {"wait_ms": (int,), "ack": (int,)})
+        doc = _json_body(request.body, {"wait_ms": (int,), "ack": (int,)})
         wait_ms = _capped(_int_in(doc.get("wait_ms"), "wait_ms", 0, 2**63))
         ack = _int_in(doc.get("ack"), "ack", 0, 2**63)
         answer = await self.service.keepalive(request.match_info["session"], wait_ms, ack)
@@ -328,7 +327,7 @@ class HttpApi:
         """Open (and maybe create) a node."""
         if (fwd := await self._leader_only(request)) is not None:
             return fwd
-        doc = _json_body(await request.read(),
+        doc = _json_body(request.body,
                          {"path": (str,), "create": (dict, type(None)), "events": (list,),
                           "lock_delay_ms": (int,)}, required=("path",))
         create = None
@@ -405,7 +404,7 @@ class HttpApi:
         """SetContents (optionally compare-and-set on the content generation)."""
         if (fwd := await self._leader_only(request)) is not None:
             return fwd
-        doc = _json_body(await request.read(),
+        doc = _json_body(request.body,
                          {"data": (str,), "if_generation": (int, type(None))},
                          required=("data",))
         value = await self.service.write(SetContents(
@@ -431,7 +430,7 @@ class HttpApi:
         """Acquire / TryAcquire."""
         if (fwd := await self._leader_only(request)) is not None:
             return fwd
-        doc = _json_body(await request.read(), {"mode": (str,), "wait_ms": (int,)})
+        doc = _json_body(request.body, {"mode": (str,), "wait_ms": (int,)})
         mode = parse_lock_mode(doc.get("mode", "exclusive"))
         wait_ms = _capped(_int_in(doc.get("wait_ms"), "wait_ms", 0, 2**63)) or 0
         value = await self.service.acquire(request.match_info["session"],
@@ -468,7 +467,7 @@ class HttpApi:
         """SetSequencer."""
         if (fwd := await self._leader_only(request)) is not None:
             return fwd
-        doc = _json_body(await request.read(), {"sequencer": (str, type(None))})
+        doc = _json_body(request.body, {"sequencer": (str, type(None))})
         value = await self.service.write(SetSequencerCommand(
             now_ms=0, session=request.match_info["session"],
             handle=request.match_info["handle"], sequencer=doc.get("sequencer"),
@@ -479,7 +478,7 @@ class HttpApi:
         """CheckSequencer."""
         if (fwd := await self._leader_only(request)) is not None:
             return fwd
-        doc = _json_body(await request.read(), {"sequencer": (str,)}, required=("sequencer",))
+        doc = _json_body(request.body, {"sequencer": (str,)}, required=("sequencer",))
         sequencer = str(doc["sequencer"])
         value = await self.service.read(lambda s: s.check_sequencer(sequencer))
         return json_reply(value)
@@ -495,7 +494,7 @@ class HttpApi:
         self._check_admin(request)
         if (fwd := await self._leader_only(request)) is not None:
             return fwd
-        doc = _json_body(await request.read(),
+        doc = _json_body(request.body,
                          {"id": (str,), "url": (str,), "peer_url": (str,)},
                          required=("id", "url", "peer_url"))
         for key, pattern in (("id", MEMBER_ID_PATTERN), ("url", CLIENT_URL_PATTERN),
@@ -524,7 +523,7 @@ class HttpApi:
         self._check_admin(request)
         if (fwd := await self._leader_only(request)) is not None:
             return fwd
-        doc = _json_body(await request.read(), {"to": (str, type(None))})
+        doc = _json_body(request.body, {"to": (str, type(None))})
         return json_reply(await self.member.transfer(doc.get("to")))
 
     # ------------------------------------------------------------------ ops

@@ -49,9 +49,15 @@ class Answer:
                 return value
         return None
 
+    def with_header(self, name: str, value: str) -> Answer:
+        """This answer with one more header."""
+        return Answer(self.status, self.body, self.content_type,
+                      (*self.headers, (name, value)))
+
 
 class ApiCall:
-    """One client call as handlers read it (from a socket or forwarded by a peer)."""
+    """One client call as handlers read it (from a socket or forwarded by a peer), its
+    body read whole."""
 
     __slots__ = (
         "_query",
@@ -82,10 +88,6 @@ class ApiCall:
         if self._query is None:
             self._query = MultiDict(parse_qsl(self.query_string, keep_blank_values=True))
         return self._query
-
-    async def read(self) -> bytes:
-        """The body (already read whole)."""
-        return self.body
 
 
 Answerer = Callable[[ApiCall], Awaitable[Answer]]
