@@ -308,8 +308,14 @@ class ChaosCell(LocalCell):
     member_env: dict[int, dict[str, str]] = field(default_factory=dict)
     """Extra environment of one member's next starts (by index), over ``extra_env``."""
 
+    write_paths: int = 0
+    """Which members write as leaders on the WAL thread instead of in their loop (bit
+    ``i`` for member ``i``), so that faults meet both ways of a leader's log write."""
+
     def environment(self, member: LocalMember) -> dict[str, str]:
         env = super().environment(member)
+        if self.write_paths >> member.index & 1:
+            env["LOCKCELL_LEADER_INLINE_WRITE_MS"] = "0"
         env.update(self.member_env.get(member.index, {}))
         return env
 
@@ -358,7 +364,7 @@ def start_chaos_cell(root: Path, *, lease_ms: int = 2000, tick_ms: int = 50,
         cell = ChaosCell(root / f"cell-{attempt}", size=3, client_base=base,
                          peer_base=base + 10, lease_ms=lease_ms, tick_ms=tick_ms,
                          proxy_base=base + 20, client_proxy_base=base + 30,
-                         extra_env=dict(CELL_ENV))
+                         extra_env=dict(CELL_ENV), write_paths=1 + seed % 6)
         peers: PeerProxy | None = None
         clients: ClientProxy | None = None
         try:

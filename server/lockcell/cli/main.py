@@ -65,6 +65,11 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--segment-size", type=int,
                    default=int(_env("SEGMENT_SIZE", str(64 * 1024 * 1024))),
                    help="bytes per WAL segment file (LOCKCELL_SEGMENT_SIZE)")
+    p.add_argument("--leader-inline-write-ms", type=float,
+                   default=float(_env("LEADER_INLINE_WRITE_MS", "2.0")),
+                   help="a leader whose log writes average less than this writes them in "
+                        "its event loop, slower ones on a WAL thread; 0: always on the "
+                        "thread (LOCKCELL_LEADER_INLINE_WRITE_MS)")
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
 
 
@@ -112,7 +117,7 @@ def run_serve(args: argparse.Namespace) -> int:
         admin_token=admin_token, peer_secret=peer_secret, lease_ms=args.lease_ms,
         max_lock_delay_ms=args.max_lock_delay_ms, grace_ms=args.grace_ms,
         tick_ms=args.tick_ms, snapshot_every=args.snapshot_every,
-        segment_size=args.segment_size,
+        segment_size=args.segment_size, leader_inline_write_ms=args.leader_inline_write_ms,
     )
     from lockcell.api.server import serve
 

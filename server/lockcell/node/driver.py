@@ -102,6 +102,12 @@ class DriverConfig:
     """Build images in a forked child (see :mod:`.imaging`) instead of on the event loop."""
     clock_drift: float = 0.01
     lease_margin_ms: float = 50.0
+    leader_inline_write_ms: float = 2.0
+    """A leader writes its log in its own loop, right after replicating a batch, while its
+    log writes take less than this on average: handing a fast write to the WAL thread and
+    back costs more than it overlaps. Slower writes move to the WAL thread (and back once
+    they average under half of this), so a slow disk does not stall the loop. 0: always
+    on the WAL thread."""
 
 
 @dataclass
@@ -181,11 +187,14 @@ class RaftDriver:
         self._ticker: asyncio.Task[None] | None = None
         self._stopped = False
         self._unsaved_hard_state: HardState | None = None
-        self._saving: asyncio.Future[None] | None = None
+        self._saving: asyncio.Future[float] | None = None
         """The leader's log write running on the WAL thread while the loop goes on."""
         self._save_backlog: list[tuple[HardState | None, tuple[Entry, ...]]] = []
         """Leader batches handed out while a write runs: the next write takes them all."""
         self._save_failure: BaseException | None = None
+        self._write_seconds = 0.0
+        """Moving average of this member's log writes (write plus fdatasync)."""
+        self._leader_writes_inline = config.leader_inline_write_ms > 0
         self.last_stamp_ms = 0
         self.last_leader_contact = 0.0
         """Monotonic time a message from the current leader was last processed."""
@@ -429,17 +438,24 @@ class RaftDriver:
         leading = self.core.role is Role.LEADER
         if rd.hard_state is not None:
             self._unsaved_hard_state = rd.hard_state
-        if leading and rd.may_defer_persist and transport is not None:
+        if (leading and rd.may_defer_persist and transport is not None
+                and not self._leader_writes_inline):
             self._handle_leader_ready(rd, transport)
             return bool(rd.entries)
         await self._await_saves()
         if leading and transport is not None:
             transport.send(rd.messages)  # thesis §10.2.1: replicate while our own fsync runs
         committed = rd.committed_entries
-        if rd.must_sync and rd.snapshot is None and committed:
-            # Entries committed and already durable here need not wait for this batch's
-            # fsync: applying them first answers their callers one fsync sooner while new
-            # proposals keep arriving. Membership changes keep the strict order.
+        # A follower can do nothing useful before it may answer, and a leader whose writes
+        # are fast does better without two thread hand-offs on every commit's path: both
+        # write in the loop (never a snapshot: those are large).
+        inline = rd.snapshot is None and (not leading or self._leader_writes_inline)
+        if rd.must_sync and not inline and rd.snapshot is None and committed:
+            # While the WAL thread writes, entries committed and already durable here need
+            # not wait for it: applying them first answers their callers one fsync sooner
+            # while new proposals keep arriving. Membership changes keep the strict order.
+            # (Written in the loop, the answers could not leave before the write ends, and
+            # a follower applies after acknowledging: both keep the apply off that path.)
             durable = self.core.log.stable
             early = 0
             for entry in committed:
@@ -450,20 +466,16 @@ class RaftDriver:
                 self._apply(entry)
             committed = committed[early:]
         if rd.must_sync:
-            started = time.perf_counter()
             hard_state, self._unsaved_hard_state = self._unsaved_hard_state, None
-            if not leading and rd.snapshot is None:
-                # A follower can do nothing useful before it may answer: blocking its
-                # loop for the fsync saves two thread hops on every commit's path. (A
-                # leader overlaps its fsync with serving clients; snapshots are large.)
-                self.storage.save(hard_state, rd.entries, rd.snapshot)
+            if inline:
+                took = self._timed_save(hard_state, rd.entries, rd.snapshot)
             else:
-                await asyncio.get_running_loop().run_in_executor(
-                    self._io, self.storage.save, hard_state, rd.entries, rd.snapshot
+                took = await asyncio.get_running_loop().run_in_executor(
+                    self._io, self._timed_save, hard_state, rd.entries, rd.snapshot
                 )
-            if self.metrics_hook is not None:
-                self.metrics_hook("fsync_seconds", time.perf_counter() - started)
-                self.metrics_hook("append_batch", float(len(rd.entries)))
+            if rd.snapshot is None:
+                self._note_write(took)
+            self._metric("append_batch", float(len(rd.entries)))
         if not leading and transport is not None:
             transport.send(rd.messages)
         if rd.snapshot is not None:
@@ -497,12 +509,11 @@ class RaftDriver:
         batches, self._save_backlog = self._save_backlog, []
         hard_state = next((h for h, _ in reversed(batches) if h is not None), None)
         entries = tuple(e for _, batch in batches for e in batch)
-        started = time.perf_counter()
         saving = asyncio.get_running_loop().run_in_executor(
-            self._io, self.storage.save, hard_state, entries, None)
+            self._io, self._timed_save, hard_state, entries, None)
         self._saving = saving
 
-        def done(future: asyncio.Future[None]) -> None:
+        def done(future: asyncio.Future[float]) -> None:
             self._saving = None
             failure = None if future.cancelled() else future.exception()
             if future.cancelled() or failure is not None:
@@ -510,7 +521,7 @@ class RaftDriver:
                 self._save_backlog.clear()
                 self._wake.set()
                 return
-            self._metric("fsync_seconds", time.perf_counter() - started)
+            self._note_write(future.result())
             self._metric("append_batch", float(len(entries)))
             last = entries[-1]
             self.call(lambda: self.core.persisted(last.index, last.term))
@@ -518,6 +529,27 @@ class RaftDriver:
                 self._start_save()
 
         saving.add_done_callback(done)
+
+    def _timed_save(self, hard_state: HardState | None, entries: tuple[Entry, ...],
+                    snapshot: Snapshot | None) -> float:
+        """Write to the log (on whichever thread calls it); returns the seconds it took."""
+        started = time.perf_counter()
+        self.storage.save(hard_state, entries, snapshot)
+        return time.perf_counter() - started
+
+    def _note_write(self, seconds: float) -> None:
+        """Account one log write, and choose where the leader writes its next ones."""
+        self._metric("fsync_seconds", seconds)
+        self._write_seconds += (seconds - self._write_seconds) * 0.2
+        limit = self.config.leader_inline_write_ms / 1000.0
+        if self._leader_writes_inline and self._write_seconds > limit:
+            self._leader_writes_inline = False
+            log.info("log writes average %.1f ms: the leader writes on the WAL thread",
+                     self._write_seconds * 1000)
+        elif not self._leader_writes_inline and self._write_seconds < limit / 2 and limit:
+            self._leader_writes_inline = True
+            log.info("log writes average %.1f ms: the leader writes in its loop",
+                     self._write_seconds * 1000)
 
     async def _await_saves(self) -> None:
         """Wait until every background log write is durable (or raise its failure)."""

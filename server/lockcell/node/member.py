@@ -59,6 +59,7 @@ class MemberConfig:
     election_ticks: int = 10
     snapshot_every: int = 20000
     segment_size: int = DEFAULT_SEGMENT_SIZE
+    leader_inline_write_ms: float = 2.0
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -99,7 +100,8 @@ class Member:
         self.driver = RaftDriver(
             self.id, self.storage, self.service,
             DriverConfig(tick_ms=config.tick_ms, election_ticks=config.election_ticks,
-                         snapshot_every=config.snapshot_every),
+                         snapshot_every=config.snapshot_every,
+                         leader_inline_write_ms=config.leader_inline_write_ms),
         )
         self.driver.metrics_hook = self.metrics.observe
         self.collector = Collector(self.metrics.observe)
