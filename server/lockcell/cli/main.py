@@ -66,7 +66,7 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                    default=int(_env("SEGMENT_SIZE", str(64 * 1024 * 1024))),
                    help="bytes per WAL segment file (LOCKCELL_SEGMENT_SIZE)")
     p.add_argument("--leader-inline-write-ms", type=float,
-                   default=float(_env("LEADER_INLINE_WRITE_MS", "2.0")),
+                   default=float(_env("LEADER_INLINE_WRITE_MS", "5.0")),
                    help="a leader whose log writes average less than this writes them in "
                         "its event loop, slower ones on a WAL thread; 0: always on the "
                         "thread (LOCKCELL_LEADER_INLINE_WRITE_MS)")

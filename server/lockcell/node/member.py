@@ -59,7 +59,7 @@ class MemberConfig:
     election_ticks: int = 10
     snapshot_every: int = 20000
     segment_size: int = DEFAULT_SEGMENT_SIZE
-    leader_inline_write_ms: float = 2.0
+    leader_inline_write_ms: float = 5.0
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -104,6 +104,7 @@ class Member:
                          leader_inline_write_ms=config.leader_inline_write_ms),
         )
         self.driver.metrics_hook = self.metrics.observe
+        self.metrics.observe("leader_writes_in_loop", float(config.leader_inline_write_ms > 0))
         self.collector = Collector(self.metrics.observe)
         self.driver.snapshot_hook = self.collector.settle
         self.service.metrics_hook = self.metrics.observe

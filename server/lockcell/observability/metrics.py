@@ -96,6 +96,10 @@ class MemberMetrics:
         self.fsync = Histogram("lockcell_wal_fsync_seconds", "WAL batch write+fsync time",
                                buckets=(.0002, .0005, .001, .002, .005, .01, .025, .05, .1,
                                         .25, 1), registry=r)
+        self.leader_writes_in_loop = Gauge(
+            "lockcell_leader_writes_in_loop",
+            "1 while this member, leading, writes its log in its event loop; 0 while its "
+            "writes are slow enough to go to the WAL thread", registry=r)
         self.batch = Histogram("lockcell_wal_append_batch_entries", "Entries per WAL batch",
                                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
                                registry=r)
@@ -187,7 +191,8 @@ class MemberMetrics:
     def observe(self, name: str, value: float = 1.0) -> None:
         """Driver and cell-service hook: ``fsync_seconds``, ``append_batch``,
         ``snapshot_seconds``, ``snapshot_restore_seconds``, ``snapshot_bytes``,
-        ``snapshot_failures``, ``loop_lag_seconds``, ``gc_pause_seconds:<generation>``,
+        ``snapshot_failures``, ``leader_writes_in_loop``, ``loop_lag_seconds``,
+        ``gc_pause_seconds:<generation>``,
         ``proposal:<result>``, ``keepalive``, ``session_expired``, ``event:<type>``,
         ``lock_delay_block``, ``acquire:<mode>:<result>`` (seconds),
         ``write:<command>`` (seconds). Unknown names are ignored."""
@@ -204,6 +209,8 @@ class MemberMetrics:
             self.snapshot_bytes.set(value)
         elif kind == "snapshot_failures":
             self.snapshot_failures.inc(value)
+        elif kind == "leader_writes_in_loop":
+            self.leader_writes_in_loop.set(value)
         elif kind == "loop_lag_seconds":
             self.loop_lag.observe(value)
         elif kind == "gc_pause_seconds" and rest:
