@@ -1,6 +1,7 @@
 """Where a leader writes its log: in its own loop while writes are fast, on the WAL thread
 once they are slow (so the loop keeps serving), back in the loop when the disk recovers;
-every acknowledged entry is durable either way."""
+every acknowledged entry is durable either way. (Limits are set far from what this
+machine's disk does, so its own speed cannot decide a test.)"""
 
 from __future__ import annotations
 
@@ -90,7 +91,7 @@ def values_after_restart(directory: Path) -> list[str]:
 
 def test_a_leader_with_a_fast_disk_writes_in_its_loop(tmp_path: Path) -> None:
     async def run() -> tuple[list[int], int, bool]:
-        driver, storage = await leader_over(tmp_path)
+        driver, storage = await leader_over(tmp_path, leader_inline_write_ms=1000.0)
         try:
             ran = await loop_ran_during_a_write(driver, storage, 0, 30)
             return storage.writes, threading.get_ident(), ran
@@ -107,11 +108,11 @@ def test_a_leader_with_a_fast_disk_writes_in_its_loop(tmp_path: Path) -> None:
 def test_slow_writes_move_to_the_wal_thread_and_back_when_the_disk_recovers(
         tmp_path: Path) -> None:
     async def run() -> tuple[list[int], list[int], list[int], int, bool]:
-        driver, storage = await leader_over(tmp_path)
+        driver, storage = await leader_over(tmp_path, leader_inline_write_ms=20.0)
         try:
             await write_many(driver, 0, 5)
             fast = list(storage.writes)
-            storage.delay = 0.1  # twenty times the 5 ms limit
+            storage.delay = 0.3  # fifteen times the limit
             ran = await loop_ran_during_a_write(driver, storage, 5, 10)
             slow = storage.writes[len(fast):]
             storage.delay = 0.0
@@ -127,7 +128,7 @@ def test_slow_writes_move_to_the_wal_thread_and_back_when_the_disk_recovers(
     assert slow[0] == loop_thread
     assert len(slow) >= 9 and loop_thread not in slow[1:]
     assert ran, "the loop never ran while a slow write was in progress"
-    # The average falls under half the limit within ~31 fast writes, then the loop writes.
+    # The average falls under half the limit within ~29 fast writes, then the loop writes.
     assert recovered[0] != loop_thread
     assert set(recovered[-20:]) == {loop_thread}
     assert values_after_restart(tmp_path)[:75] == [f"v{n}" for n in range(75)]
