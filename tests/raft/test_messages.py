@@ -114,3 +114,22 @@ def test_stale_leader_steps_down_when_answered_with_a_newer_term() -> None:
     cluster.heal()
     cluster.tick(1)
     assert lead.raft.role is Role.FOLLOWER and lead.raft.term == new.raft.term
+
+
+def test_with_term_changes_the_term_and_keeps_every_other_field() -> None:
+    """``Message.with_term`` spells out the fields; a field added to Message and missed
+    there would be dropped from every message a core sends."""
+    import dataclasses
+
+    snap = Snapshot(SnapshotMeta(index=3, term=2, conf=ConfState(voters=frozenset({"a"}))),
+                    b"image")
+    values = {"type": MessageType.APPEND, "to": "b", "sender": "a", "term": 0, "log_term": 4,
+              "index": 9, "entries": (Entry(term=4, index=10, data=b"x"),), "commit": 8,
+              "reject": True, "reject_hint": 7, "snapshot": snap, "context": b"ctx",
+              "leader_commit": 11}
+    names = {f.name for f in dataclasses.fields(Message)}
+    assert set(values) == names, f"give the new fields a value here: {names - set(values)}"
+    message = Message(**values)  # type: ignore[arg-type]
+    for f in dataclasses.fields(Message):
+        assert getattr(message, f.name) != f.default or f.name == "term", f.name
+    assert message.with_term(6) == dataclasses.replace(message, term=6)

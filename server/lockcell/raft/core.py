@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from lockcell.raft.confchange import ConfChangeError, apply_conf_change
 from lockcell.raft.log import RaftLog
@@ -398,17 +398,18 @@ class Raft:
         if deferred and not rd.may_defer_persist:
             raise RuntimeError("this Ready must be durable before advance()")
         self._unadvanced = None
+        entries = rd.entries
         if deferred:
-            if rd.entries:
-                self.log.handed_out = max(self.log.handed_out, rd.entries[-1].index)
-            rd = replace(rd, entries=())
+            if entries:
+                self.log.handed_out = max(self.log.handed_out, entries[-1].index)
+            entries = ()
         if rd.snapshot is not None:
             if self.log.pending_snapshot is rd.snapshot:
                 self.log.pending_snapshot = None
             self.log.applied = max(self.log.applied, rd.snapshot.meta.index)
             self.log.applying = max(self.log.applying, self.log.applied)
-        if rd.entries:
-            last = rd.entries[-1]
+        if entries:
+            last = entries[-1]
             self.log.stable_to(last.index, last.term)
         for entry in rd.committed_entries:
             if entry.kind is EntryKind.CONF_CHANGE and entry.index > self._conf_applied_index:
@@ -1020,7 +1021,7 @@ class Raft:
 
     def _send(self, m: Message) -> None:
         if m.term == 0 and m.type not in (MessageType.READ_INDEX, MessageType.TRANSFER_LEADER):
-            m = replace(m, term=self.term)
+            m = m.with_term(self.term)
         self._msgs.append(m)
 
     def _hard_state(self) -> HardState:

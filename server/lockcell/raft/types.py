@@ -199,6 +199,13 @@ class Message:
     """On APPEND and HEARTBEAT: the leader's own commit index (``commit`` may be capped at
     what the follower is known to hold); a follower uses it to tell whether it caught up."""
 
+    def with_term(self, term: int) -> Message:
+        """This message at ``term`` (every message a core sends passes here, and
+        ``dataclasses.replace`` costs several times a plain construction)."""
+        return Message(self.type, self.to, self.sender, term, self.log_term, self.index,
+                       self.entries, self.commit, self.reject, self.reject_hint,
+                       self.snapshot, self.context, self.leader_commit)
+
 
 @dataclass(frozen=True, slots=True)
 class ReadState:
