@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from lockcell.raft.core import Raft
@@ -119,8 +121,6 @@ def test_stale_leader_steps_down_when_answered_with_a_newer_term() -> None:
 def test_with_term_changes_the_term_and_keeps_every_other_field() -> None:
     """``Message.with_term`` spells out the fields; a field added to Message and missed
     there would be dropped from every message a core sends."""
-    import dataclasses
-
     snap = Snapshot(SnapshotMeta(index=3, term=2, conf=ConfState(voters=frozenset({"a"}))),
                     b"image")
     values = {"type": MessageType.APPEND, "to": "b", "sender": "a", "term": 0, "log_term": 4,
