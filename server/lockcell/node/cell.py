@@ -747,9 +747,7 @@ class CellService:
 
     def _propose_grants(self, path: str, queue: _LockQueue, heads: list[_Waiter]) -> None:
         queue.grant_in_flight = True
-        for waiter in heads:
-            waiter.granting = True
-        grants = tuple(Grant(session=w.session, handle=w.handle, mode=w.mode) for w in heads)
+        grants = self._start_granting(heads)
 
         async def run() -> None:
             try:
@@ -782,15 +780,21 @@ class CellService:
         """Write a Release/Close that also grants the lock to its queue's heads; while it is
         in the log those waiters count as being granted (their wait cannot run out)."""
         heads = self._heads_for_release(handle)
-        for waiter in heads:
-            waiter.granting = True
+        grants = self._start_granting(heads)
         try:
-            await self.write(make(tuple(Grant(session=w.session, handle=w.handle, mode=w.mode)
-                                        for w in heads)))
+            await self.write(make(grants))
         finally:
             if heads:
                 self._grants_settled(heads)
                 self._schedule_grants(heads[0].path)
+
+    @staticmethod
+    def _start_granting(heads: list[_Waiter]) -> tuple[Grant, ...]:
+        """Mark ``heads`` as being granted (a grant to them goes into the log) and return
+        the grants that entry carries."""
+        for waiter in heads:
+            waiter.granting = True
+        return tuple(Grant(session=w.session, handle=w.handle, mode=w.mode) for w in heads)
 
     def _grants_settled(self, heads: list[_Waiter]) -> None:
         """A grant to ``heads`` was applied or lost: waits that ran out meanwhile end now."""
