@@ -339,7 +339,6 @@ BUGS = {
     "B1": "a deposed leader keeps has_ready() True with empty Readies (read pending)",
     "B2": "a follower whose in-flight window was lost is never streamed to again",
     "B4": "a leader claims a lease after sending TIMEOUT_NOW; the target wins anyway",
-    "B6": "C_new voters that missed the leave's commit stay joint; no leader ever",
 }
 
 
@@ -348,9 +347,7 @@ def classify(seed: int, exc: BaseException) -> KnownBug | None:
 
     Each failure is matched against a bug's exact signature; the seed is then replayed
     stepping around that bug (and those found before), and the replay must pass every
-    remaining check -- so a seed that also hides an unknown failure is not excused. B6
-    leaves no way around it (no leader can be elected), so its signature must hold at the
-    end of the run.
+    remaining check -- so a seed that also hides an unknown failure is not excused.
     """
     workarounds: set[str] = set()
     current: BaseException = exc
@@ -358,9 +355,6 @@ def classify(seed: int, exc: BaseException) -> KnownBug | None:
         bug = _diagnose(current)
         if bug is None or bug in workarounds:
             return None
-        if bug == "B6":
-            found = sorted(workarounds | {"B6"})
-            return KnownBug("+".join(found), _stuck_in_joint(current.cluster))  # type: ignore[attr-defined]
         workarounds.add(bug)
         try:
             stats = run(seed, workarounds=frozenset(workarounds))
@@ -387,23 +381,6 @@ def _diagnose(exc: BaseException) -> str | None:
         if key in cluster.timeout_now_sent:
             return "B4"
     if isinstance(exc, LivenessFailure):
-        if _stuck_in_joint(cluster):
-            return "B6"
         return "B2"  # confirmed only if the replay then needs (and passes with) unwedging
     return None
 
-
-def _stuck_in_joint(cluster: Cluster) -> str:
-    """B6's signature: no leader; the committed configuration is a plain C_new, but every
-    live voter of C_new is still in C_old,new (it never learned that the leave committed)
-    and so needs votes from removed members that will not give them."""
-    if cluster.leader() is not None:
-        return ""
-    committed = cluster.conf_log[-1][1]
-    if committed.joint:
-        return ""
-    voters = [cluster.nodes[v] for v in committed.voters if v in cluster.nodes]
-    if not voters or not all(n.alive and n.raft.conf.joint for n in voters):
-        return ""
-    return (f"C_new {sorted(committed.voters)} committed, but its voters are still joint "
-            f"({', '.join(f'{n.id}: commit {n.raft.log.committed}' for n in voters)})")

@@ -11,6 +11,7 @@ from lockcell.raft.types import (
     ConfChange,
     ConfState,
     MemberChange,
+    Message,
     MessageType,
     Ready,
     Role,
@@ -368,3 +369,59 @@ def test_cell_survives_removing_its_leader_when_the_final_commit_notice_is_lost(
     cluster.crash(lead.id)
     tick_until(cluster, lambda: survivor.raft.role is Role.LEADER,
                30 * cluster.election_ticks, "the only voter of C_new leads")
+
+
+def test_survivor_still_joint_is_elected_with_the_vote_of_a_removed_member_with_a_longer_log(
+) -> None:
+    """The leader being removed commits the leave and, in the moment before it applies
+    it, appends entries the survivor never gets; the survivor, which also missed the
+    leave's commit, stays in C_old,new and campaigns, deposing the removed leader. The
+    removed member's log is longer, so by the plain up-to-date rule it would refuse its
+    vote for ever, and it never campaigns itself: no leader could ever be elected. A member
+    that is not a voter of its own configuration votes instead for any candidate whose log
+    holds everything it knows to be committed (the C_new half of the candidate's election
+    protects the rest), so the survivor is elected, commits with the removed member's
+    acknowledgement, leaves the joint configuration, and then leads alone."""
+    cluster = Cluster(["a", "b"], seed=7, pre_vote=False, check_quorum=False)
+    lead = cluster.wait_leader()
+    survivor = cluster.nodes["b" if lead.id == "a" else "a"]
+    leave_index: list[int] = []
+    extra: list[int] = []
+
+    def observe(node: SimNode, rd: Ready) -> None:
+        if node is lead and node.raft.conf.joint and not leave_index:
+            leave_index.append(node.raft.log.last_index())  # the automatic leave
+
+    def deliver(m: Message) -> bool:
+        if not leave_index:
+            return True
+        if (m.to == lead.id and m.type is MessageType.APPEND_RESPONSE and not m.reject
+                and m.index >= leave_index[0] and not extra):
+            # The acknowledgement that commits the leave: just before the leader steps it
+            # (and so before it applies C_new), clients' writes reach it.
+            extra.extend(lead.raft.propose(f"unseen-{i}".encode()) for i in range(3))
+        if m.sender != lead.id:
+            return True
+        return lead.raft.log.committed < leave_index[0] and not extra
+
+    cluster.on_ready.append(observe)
+    cluster.msg_filter = deliver
+    lead.raft.propose_conf_change(remove(lead.id))
+    tick_until(cluster, lambda: lead.raft.conf == ConfState(voters=V({survivor.id})), 10,
+               "the leader applies C_new")
+    assert extra and lead.raft.log.last_index() >= extra[-1] > survivor.raft.log.last_index()
+    assert survivor.raft.conf.joint and survivor.raft.log.last_index() >= leave_index[0]
+    assert not lead.raft.log.is_up_to_date(survivor.raft.log.last_index(),
+                                           survivor.raft.log.last_term())
+    # Still nothing from the removed leader reaches the survivor, which times out and
+    # campaigns; its vote request at a higher term deposes the removed leader.
+    cluster.msg_filter = lambda m: m.sender != lead.id or m.type is MessageType.VOTE_RESPONSE
+    tick_until(cluster, lambda: lead.raft.role is not Role.LEADER,
+               10 * cluster.election_ticks, "the survivor's campaign deposes the leader")
+    cluster.msg_filter = None
+    tick_until(cluster, lambda: survivor.raft.role is Role.LEADER and not survivor.raft.conf.joint,
+               30 * cluster.election_ticks, "the survivor is elected and leaves C_old,new")
+    cluster.crash(lead.id)
+    index = survivor.raft.propose(b"alone")
+    tick_until(cluster, lambda: survivor.raft.log.committed >= index, 10,
+               "the only voter of C_new commits alone")

@@ -16,7 +16,7 @@ Seeds are spread over parametrized chunks (about 50 seeds each) so pytest-xdist 
 them in parallel. A failing seed prints its trace and the command to replay it.
 
 Known core bugs: a failure is excused only if ``simrun.classify`` matches it to the exact
-signature of a diagnosed bug (B1, B2, B4, B6; their minimal reproductions are the xfail
+signature of a diagnosed bug (B1, B2, B4; their minimal reproductions are the xfail
 scenario tests) *and* the seed, replayed stepping around that bug, passes every other
 check. Such seeds turn the chunk into an xfail that lists them; any other failure fails
 the chunk. Once the bugs are fixed the chunks simply pass.

@@ -498,7 +498,7 @@ class Raft:
             or (pre and m.term > self.term)
         )
         response = MessageType.PRE_VOTE_RESPONSE if pre else MessageType.VOTE_RESPONSE
-        if can_vote and self.log.is_up_to_date(m.index, m.log_term):
+        if can_vote and self._candidate_log_suffices(m.index, m.log_term):
             self._send(Message(response, to=m.sender, sender=self.id, term=m.term))
             if not pre:
                 self._election_elapsed = 0
@@ -506,6 +506,26 @@ class Raft:
         else:
             self._send(Message(response, to=m.sender, sender=self.id, term=self.term,
                                reject=True))
+
+    def _candidate_log_suffices(self, last_index: int, last_term: int) -> bool:
+        """Whether a candidate's log (ending at ``last_index``/``last_term``) may get our vote.
+
+        A voter applies the up-to-date rule of Raft §5.4.1. A member that is not a voter of
+        its own configuration is asked only by a candidate still in C_old,new that missed
+        the commit of the leave which removed it; its own uncommitted entries must not
+        stop that election (it never campaigns itself, so no leader could ever be elected
+        once the other members have left), and it only needs the candidate to hold what it
+        knows is committed: every later entry was committed by a majority of C_new, which
+        the candidate's joint election must win under the plain rule as well.
+        """
+        if self.conf.is_voter(self.id):
+            return self.log.is_up_to_date(last_index, last_term)
+        committed = self.log.committed
+        committed_term = self.log.term(committed)
+        if committed_term is None:
+            return self.log.is_up_to_date(last_index, last_term)
+        return last_term > committed_term or (
+            last_term == committed_term and last_index >= committed)
 
     # ------------------------------------------------------------------ follower
 
