@@ -10,6 +10,8 @@ from lockcell.raft.types import (
     ChangeOp,
     ConfChange,
     ConfState,
+    Entry,
+    EntryKind,
     MemberChange,
     Message,
     MessageType,
@@ -18,7 +20,7 @@ from lockcell.raft.types import (
 )
 
 from .sim import Cluster, SimNode
-from .support import followers, learner, remove, sent, tick_until, voter
+from .support import followers, learner, lone_raft, remove, sent, tick_until, voter
 
 V = frozenset
 
@@ -425,3 +427,24 @@ def test_survivor_still_joint_is_elected_with_the_vote_of_a_removed_member_with_
     index = survivor.raft.propose(b"alone")
     tick_until(cluster, lambda: survivor.raft.log.committed >= index, 10,
                "the only voter of C_new commits alone")
+
+
+def test_a_member_a_committed_change_made_a_voter_votes_by_the_plain_rule_before_applying_it(
+) -> None:
+    """Only a member that its committed log makes no voter relaxes the up-to-date rule:
+    applying may lag behind the commit index, and a member whose committed (not yet
+    applied) change made it a voter still refuses a candidate whose log is behind its own."""
+    node = lone_raft("c", ["a", "b"], check_quorum=False)
+    first = node.log.last_index()
+    entries = (
+        Entry(term=1, index=first + 1, kind=EntryKind.CONF_CHANGE, data=voter("c").encode()),
+        Entry(term=1, index=first + 2, data=b"not committed"),
+    )
+    node.step(Message(MessageType.APPEND, to="c", sender="a", term=1, index=first,
+                      log_term=1, entries=entries, commit=first + 1,
+                      leader_commit=first + 1))
+    assert node.log.committed == first + 1 and not node.conf.is_voter("c")
+    node.step(Message(MessageType.VOTE, to="c", sender="b", term=2, index=first + 1,
+                      log_term=1))
+    votes = [m for m in node.ready().messages if m.type is MessageType.VOTE_RESPONSE]
+    assert len(votes) == 1 and votes[0].reject, votes

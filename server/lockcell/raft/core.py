@@ -510,15 +510,15 @@ class Raft:
     def _candidate_log_suffices(self, last_index: int, last_term: int) -> bool:
         """Whether a candidate's log (ending at ``last_index``/``last_term``) may get our vote.
 
-        A voter applies the up-to-date rule of Raft §5.4.1. A member that is not a voter of
-        its own configuration is asked only by a candidate still in C_old,new that missed
-        the commit of the leave which removed it; its own uncommitted entries must not
+        A voter applies the up-to-date rule of Raft §5.4.1. A member that its committed
+        log makes no voter (a leave removed it) is asked only by a candidate still in
+        C_old,new that missed the commit of that leave; its own uncommitted entries must not
         stop that election (it never campaigns itself, so no leader could ever be elected
         once the other members have left), and it only needs the candidate to hold what it
         knows is committed: every later entry was committed by a majority of C_new, which
         the candidate's joint election must win under the plain rule as well.
         """
-        if self.conf.is_voter(self.id):
+        if self._committed_conf().is_voter(self.id):
             return self.log.is_up_to_date(last_index, last_term)
         committed = self.log.committed
         committed_term = self.log.term(committed)
@@ -526,6 +526,17 @@ class Raft:
             return self.log.is_up_to_date(last_index, last_term)
         return last_term > committed_term or (
             last_term == committed_term and last_index >= committed)
+
+    def _committed_conf(self) -> ConfState:
+        """The configuration with every committed membership change in force (applying
+        may lag behind the commit index; the configuration in use follows applying)."""
+        conf = self.conf
+        start = max(self._conf_applied_index, self.log.applied, self.log.first_index() - 1)
+        for index in range(start + 1, self.log.committed + 1):
+            entry = self.log.entry(index)
+            if entry.kind is EntryKind.CONF_CHANGE:
+                conf = _conf_after(conf, entry)
+        return conf
 
     # ------------------------------------------------------------------ follower
 
@@ -984,10 +995,7 @@ class Raft:
 
     def _adopt_conf(self, entry: Entry) -> None:
         self._conf_applied_index = entry.index
-        try:
-            self.conf = apply_conf_change(self.conf, ConfChange.decode(entry.data))
-        except (ConfChangeError, ValueError):
-            return  # an invalid change is a no-op on every member alike
+        self.conf = _conf_after(self.conf, entry)
 
     def _on_conf_applied(self) -> None:
         last = self.log.last_index()
@@ -1049,3 +1057,12 @@ class Raft:
 
     def _soft_state(self) -> SoftState:
         return SoftState(self.leader, self.role)
+
+
+def _conf_after(conf: ConfState, entry: Entry) -> ConfState:
+    """``conf`` with the membership change of ``entry`` in force (an invalid change is a
+    no-op on every member alike)."""
+    try:
+        return apply_conf_change(conf, ConfChange.decode(entry.data))
+    except (ConfChangeError, ValueError):
+        return conf
