@@ -380,8 +380,8 @@ def test_survivor_still_joint_is_elected_with_the_vote_of_a_removed_member_with_
     leave's commit, stays in C_old,new and campaigns, deposing the removed leader. The
     removed member's log is longer, so by the plain up-to-date rule it would refuse its
     vote for ever, and it never campaigns itself: no leader could ever be elected. A member
-    that is not a voter of its own configuration votes instead for any candidate whose log
-    holds everything it knows to be committed (the C_new half of the candidate's election
+    that its committed log makes no voter votes instead for any candidate whose log holds
+    everything it knows to be committed (the C_new half of the candidate's election
     protects the rest), so the survivor is elected, commits with the removed member's
     acknowledgement, leaves the joint configuration, and then leads alone."""
     cluster = Cluster(["a", "b"], seed=7, pre_vote=False, check_quorum=False)
