@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from lockcell.raft.confchange import ConfChangeError, apply_conf_change
@@ -158,10 +158,8 @@ class Raft:
         self._conf_applied_index = snapshot.meta.index
         # Committed membership changes are already in force: apply them now, so a
         # restarted member knows its configuration before it replays its log.
-        for index in range(self.log.first_index(), self.log.committed + 1):
-            entry = self.log.entry(index)
-            if entry.kind is EntryKind.CONF_CHANGE:
-                self._adopt_conf(entry)
+        for entry in self._committed_conf_changes(after=0):
+            self._adopt_conf(entry)
         self.progress: dict[NodeId, Progress] = {}
         self._votes: dict[NodeId, bool] = {}
         self._pending_conf_index = 0
@@ -524,19 +522,23 @@ class Raft:
         committed_term = self.log.term(committed)
         if committed_term is None:
             return self.log.is_up_to_date(last_index, last_term)
-        return last_term > committed_term or (
-            last_term == committed_term and last_index >= committed)
+        return (last_term, last_index) >= (committed_term, committed)
 
     def _committed_conf(self) -> ConfState:
         """The configuration with every committed membership change in force (applying
         may lag behind the commit index; the configuration in use follows applying)."""
         conf = self.conf
-        start = max(self._conf_applied_index, self.log.applied, self.log.first_index() - 1)
-        for index in range(start + 1, self.log.committed + 1):
+        for entry in self._committed_conf_changes(max(self._conf_applied_index,
+                                                      self.log.applied)):
+            conf = _conf_after(conf, entry)
+        return conf
+
+    def _committed_conf_changes(self, after: int) -> Iterator[Entry]:
+        """The retained membership-change entries in (``after``, commit index], in order."""
+        for index in range(max(after, self.log.offset) + 1, self.log.committed + 1):
             entry = self.log.entry(index)
             if entry.kind is EntryKind.CONF_CHANGE:
-                conf = _conf_after(conf, entry)
-        return conf
+                yield entry
 
     # ------------------------------------------------------------------ follower
 
@@ -905,10 +907,9 @@ class Raft:
         if self.role is Role.LEADER or not self.promotable():
             return
         # A committed but unapplied membership change may remove us: wait for it.
-        first_unapplied = max(self.log.applying, self._conf_applied_index) + 1
-        for index in range(first_unapplied, self.log.committed + 1):
-            if index > self.log.offset and self.log.entry(index).kind is EntryKind.CONF_CHANGE:
-                return
+        after = max(self.log.applying, self._conf_applied_index)
+        if next(self._committed_conf_changes(after), None) is not None:
+            return
         if self.config.pre_vote and not transfer:
             self._become_pre_candidate()
         else:
