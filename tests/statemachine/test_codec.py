@@ -106,6 +106,26 @@ def test_bytes_travel_as_base64() -> None:
     assert wire["data"] == "AAFiaW5hcnn/"
 
 
+def test_integers_beyond_64_bits_and_lone_surrogates_round_trip() -> None:
+    huge = Release(now_ms=1, session=S, handle=H, generation=2**70)
+    negative = SetContents(now_ms=1, session=S, handle=H, data=b"", if_generation=-(2**64))
+    surrogate = Open(now_ms=4, session=S, path=f"{ROOT}/\ud800", handle=H)
+    for command in (huge, negative, surrogate):
+        encoded = command.encode()
+        assert decode_command(encoded) == command
+        assert encode_command(decode_command(encoded)) == encoded
+    assert json.loads(huge.encode())["generation"] == 2**70
+
+
+def test_entries_written_with_escaped_non_ascii_read_as_before() -> None:
+    command = Open(now_ms=4, session=S, path=f"{ROOT}/caf\u00e9-\U0001f512", handle=H)
+    wire = json.loads(command.encode())
+    assert wire["path"] == f"{ROOT}/caf\u00e9-\U0001f512"
+    escaped = json.dumps(wire, sort_keys=True, separators=(",", ":")).encode()
+    assert b"\\u00e9" in escaped  # the form logs written before the orjson codec hold
+    assert decode_command(escaped) == command
+
+
 MALFORMED: list[bytes] = [
     b"\xff\xfe\x00",
     b"not json",

@@ -4,6 +4,9 @@ The wire form is one JSON object with sorted keys and no spaces: ``{"type": <tag
 with every field that differs from its default; ``bytes`` are base64 and enums their value.
 Decoding is strict (unknown, missing or mistyped fields are refused) and never raises
 anything but :class:`~lockcell.statemachine.errors.CellError` (``invalid_argument``).
+Every replica encodes or decodes each entry, so both use orjson (a tenth of the standard
+library's cost); what orjson cannot write or reads differently (integers beyond 64 bits,
+lone surrogates) takes the standard library's path, so every entry reads as it always did.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
+
+import orjson
 
 from .errors import CellError, ErrorCode
 from .values import EventType, LockMode, NodeKind
@@ -372,15 +377,26 @@ def encode_command(command: Command) -> bytes:
     """Encode ``command`` canonically (equal commands give identical bytes)."""
     wire = _encode_fields(command, _SPECS[type(command)])
     wire[_TYPE_KEY] = command.TAG
-    return json.dumps(wire, sort_keys=True, separators=(",", ":")).encode()
+    try:
+        return orjson.dumps(wire, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # an integer beyond 64 bits or a lone surrogate
+        return json.dumps(wire, sort_keys=True, separators=(",", ":")).encode()
 
 
 def decode_command(data: bytes) -> Command:
     """Decode what :func:`encode_command` wrote; any malformed input raises ``CellError``."""
     try:
+        return _decode_wire(orjson.loads(data))
+    except (orjson.JSONDecodeError, CellError):
+        pass  # the standard library decides (orjson reads a huge integer as a float)
+    try:
         wire = json.loads(data)
     except (ValueError, TypeError, RecursionError) as exc:
         raise _malformed("not JSON") from exc
+    return _decode_wire(wire)
+
+
+def _decode_wire(wire: Any) -> Command:
     if type(wire) is not dict:
         raise _malformed("not a JSON object")
     tag = wire.pop(_TYPE_KEY, None)
