@@ -10,7 +10,9 @@ never session ids, paths or handles.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import bisect
+import itertools
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
@@ -23,6 +25,8 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 import lockcell
 from lockcell.raft.types import Role
@@ -41,6 +45,79 @@ _LATENCY_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.
                     60)
 _WAIT_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120,
                  300)
+
+
+class LoopSeries:
+    """One labelled series of a :class:`LoopHistogram`: bucket counts and a sum."""
+
+    __slots__ = ("bounds", "buckets", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.buckets = [0] * (len(bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        """Count one observation (in the first bucket whose bound is at least ``value``)."""
+        self.buckets[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+
+class LoopHistogram:
+    """A labelled histogram fed by the event loop's per-request paths: an observation is
+    a bisect and two additions, where prometheus-client takes a lock for the bucket and
+    another for the sum (1.5 us against 0.13 us). Only the loop's thread may observe; the
+    families are built when the registry is scraped (on that same thread). With
+    ``counter``, the count of each series is also exposed as that counter."""
+
+    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...],
+                 buckets: tuple[float, ...], registry: CollectorRegistry,
+                 counter: tuple[str, str] | None = None) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = labelnames
+        self.bounds = tuple(float(bound) for bound in buckets)
+        self._edges = [*(floatToGoString(bound)  # type: ignore[no-untyped-call]
+                         for bound in self.bounds), "+Inf"]
+        """The ``le`` labels, written as prometheus-client writes them."""
+        self.counter = counter
+        self.series: dict[tuple[str, ...], LoopSeries] = {}
+        registry.register(self)
+
+    def labels(self, *values: str) -> LoopSeries:
+        """The series of these label values (made on first use)."""
+        series = self.series.get(values)
+        if series is None:
+            series = self.series[values] = LoopSeries(self.bounds)
+        return series
+
+    def describe(self) -> list[Metric]:
+        """The families' names, for the registry's duplicate check (no samples)."""
+        families: list[Metric] = [HistogramMetricFamily(self.name, self.documentation,
+                                                        labels=list(self.labelnames))]
+        if self.counter is not None:
+            families.append(CounterMetricFamily(self.counter[0], self.counter[1],
+                                                labels=list(self.labelnames)))
+        return families
+
+    def collect(self) -> Iterator[Metric]:
+        """The histogram family (cumulative ``le`` buckets), and the counter if any."""
+        histogram = HistogramMetricFamily(self.name, self.documentation,
+                                          labels=list(self.labelnames))
+        counter = None
+        if self.counter is not None:
+            counter = CounterMetricFamily(self.counter[0], self.counter[1],
+                                          labels=list(self.labelnames))
+        edges = self._edges
+        for values, series in list(self.series.items()):
+            cumulative = list(itertools.accumulate(series.buckets))
+            histogram.add_metric(list(values), list(zip(edges, cumulative, strict=True)),
+                                 series.total)
+            if counter is not None:
+                counter.add_metric(list(values), cumulative[-1])
+        yield histogram
+        if counter is not None:
+            yield counter
 
 
 class MemberMetrics:
@@ -151,14 +228,13 @@ class MemberMetrics:
         self.acquire = Histogram("lockcell_lock_acquire_seconds",
                                  "Acquire latency (waiting included) by mode and outcome",
                                  ["mode", "result"], buckets=_WAIT_BUCKETS, registry=r)
-        self.writes = Histogram("lockcell_write_seconds",
-                                "Leader: time from proposing a command to its result, by "
-                                "command", ["command"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.writes = LoopHistogram("lockcell_write_seconds",
+                                    "Leader: time from proposing a command to its result, "
+                                    "by command", ("command",), _LATENCY_BUCKETS, r)
         # --- HTTP
-        self.http = Counter("lockcell_http_requests_total", "HTTP requests",
-                            ["route", "code"], registry=r)
-        self.http_latency = Histogram("lockcell_http_request_seconds", "HTTP latency",
-                                      ["route", "code"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.http = LoopHistogram("lockcell_http_request_seconds", "HTTP latency",
+                                  ("route", "code"), _LATENCY_BUCKETS, r,
+                                  counter=("lockcell_http_requests_total", "HTTP requests"))
         self._leader: str | None = None
         self._role: Role | None = None
         self._lag_members: set[str] = set()
@@ -173,13 +249,10 @@ class MemberMetrics:
     def observe_http(self, route: str, status: int, seconds: float) -> None:
         """Count one answered request."""
         key = (self.http, route, status)
-        pair = self._children.get(key)
-        if pair is None:
-            code = str(status)
-            pair = self._children[key] = (self.http.labels(route, code),
-                                          self.http_latency.labels(route, code))
-        pair[0].inc()
-        pair[1].observe(seconds)
+        series = self._children.get(key)
+        if series is None:
+            series = self._children[key] = self.http.labels(route, str(status))
+        series.observe(seconds)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (metric, *labels)
@@ -197,7 +270,13 @@ class MemberMetrics:
         ``lock_delay_block``, ``acquire:<mode>:<result>`` (seconds),
         ``write:<command>`` (seconds). Unknown names are ignored."""
         kind, _, rest = name.partition(":")
-        if kind == "fsync_seconds":
+        if kind == "proposal":  # per write, as ``write`` is: first in line
+            if rest in PROPOSAL_RESULTS:
+                self._child(self.proposals, rest).inc(value)
+        elif kind == "write":
+            if rest:
+                self._child(self.writes, rest).observe(value)
+        elif kind == "fsync_seconds":
             self.fsync.observe(value)
         elif kind == "append_batch":
             self.batch.observe(value)
@@ -215,10 +294,6 @@ class MemberMetrics:
             self.loop_lag.observe(value)
         elif kind == "gc_pause_seconds" and rest:
             self._child(self.gc_pause, rest).observe(value)
-        elif kind == "proposal" and rest in PROPOSAL_RESULTS:
-            self._child(self.proposals, rest).inc(value)
-        elif kind == "write" and rest:
-            self._child(self.writes, rest).observe(value)
         elif kind == "keepalive":
             self.keepalives.inc(value)
         elif kind == "session_expired":
