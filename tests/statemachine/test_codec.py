@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -85,6 +86,12 @@ def test_round_trip(command: Command) -> None:
     assert encoded == command.encode()
     assert decode_command(encoded) == command
     assert type(decode_command(encoded)) is type(command)
+
+
+@pytest.mark.parametrize("command", EXAMPLES, ids=lambda c: type(c).__name__)
+def test_a_stamp_encodes_as_the_stamped_command_does(command: Command) -> None:
+    for stamp in (0, 7, 1795736621230):
+        assert encode_command(command, stamp) == replace(command, now_ms=stamp).encode()
 
 
 def test_encoding_is_canonical_sorted_compact_and_omits_defaults() -> None:

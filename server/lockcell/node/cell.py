@@ -13,7 +13,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -33,6 +33,7 @@ from lockcell.statemachine.commands import (
     Poison,
     Release,
     Tick,
+    encode_command,
 )
 from lockcell.statemachine.errors import CellError, ErrorCode, Failure
 from lockcell.statemachine.results import (
@@ -388,7 +389,7 @@ class CellService:
         if not self.serving:
             raise Unavailable("not serving", self._driver.leader_id)
         started = time.perf_counter()
-        result = await self._driver.propose(lambda stamp: replace(command, now_ms=stamp).encode())
+        result = await self._driver.propose(lambda stamp: encode_command(command, stamp))
         self._metric(f"write:{type(command).__name__}", time.perf_counter() - started)
         assert isinstance(result, ApplyResult)
         return result

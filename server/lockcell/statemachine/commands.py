@@ -373,10 +373,13 @@ _BY_TAG: dict[str, type[Command]] = {
 }
 
 
-def encode_command(command: Command) -> bytes:
-    """Encode ``command`` canonically (equal commands give identical bytes)."""
+def encode_command(command: Command, now_ms: int | None = None) -> bytes:
+    """Encode ``command`` canonically (equal commands give identical bytes); with
+    ``now_ms``, as ``replace(command, now_ms=now_ms)`` would encode (without making it)."""
     wire = _encode_fields(command, _SPECS[type(command)])
     wire[_TYPE_KEY] = command.TAG
+    if now_ms is not None:
+        wire["now_ms"] = now_ms
     try:
         return orjson.dumps(wire, option=orjson.OPT_SORT_KEYS)
     except TypeError:  # an integer beyond 64 bits or a lone surrogate
