@@ -306,9 +306,12 @@ class CellState:
 
     def lock_info(self, path: str) -> LockInfo | None:
         """The lock state of the node at ``path`` (``None`` when it does not exist)."""
-        node = self._data.nodes.get(normalize_path(path, self.cell_name))
+        nodes = self._data.nodes
+        node = nodes.get(path)  # callers mostly pass a node's own (canonical) path
         if node is None:
-            return None
+            node = nodes.get(normalize_path(path, self.cell_name))
+            if node is None:
+                return None
         handles = self._data.handles
         return LockInfo(
             path=node.path,
