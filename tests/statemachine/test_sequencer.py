@@ -205,3 +205,15 @@ def test_sequencer_body_is_json_of_the_four_fields() -> None:
     body = text[4:]
     decoded = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
     assert decoded == ["/ls/c/x", "shared", 7, 3]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=40), st.sampled_from(list(LockMode)),
+       st.integers(min_value=0, max_value=2**70), st.integers(min_value=0, max_value=2**70))
+def test_sequencer_text_is_the_standard_json_form(path: str, mode: LockMode, generation: int,
+                                                  instance: int) -> None:
+    reference = SequencerRef(path, mode, generation, instance)
+    body = json.dumps([path, mode.value, generation, instance], separators=(",", ":")).encode()
+    expected = "lc1:" + base64.urlsafe_b64encode(body).rstrip(b"=").decode("ascii")
+    assert reference.encode() == expected
+    assert parse_sequencer(expected) == reference
