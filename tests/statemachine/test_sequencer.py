@@ -6,7 +6,7 @@ import base64
 import json
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from lockcell.statemachine import (
@@ -208,8 +208,11 @@ def test_sequencer_body_is_json_of_the_four_fields() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.text(max_size=40), st.sampled_from(list(LockMode)),
+@given(st.text(st.characters(max_codepoint=0x80), max_size=40) | st.text(max_size=40),
+       st.sampled_from(list(LockMode)),
        st.integers(min_value=0, max_value=2**70), st.integers(min_value=0, max_value=2**70))
+@example("/ls/cell/\x7f", LockMode.SHARED, 1, 1)
+@example("/ls/cell/\u2028", LockMode.SHARED, 1, 1)
 def test_sequencer_text_is_the_standard_json_form(path: str, mode: LockMode, generation: int,
                                                   instance: int) -> None:
     reference = SequencerRef(path, mode, generation, instance)

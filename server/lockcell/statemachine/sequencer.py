@@ -38,7 +38,7 @@ class SequencerRef:
         return SEQUENCER_PREFIX + base64.urlsafe_b64encode(body).rstrip(b"=").decode("ascii")
 
 
-def _standard_json(fields: list[object]) -> bytes:
+def _standard_json(fields: list[str | int]) -> bytes:
     return json.dumps(fields, separators=(",", ":")).encode()
 
 
