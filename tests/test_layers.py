@@ -1,4 +1,5 @@
-"""Keeps the layers pointing one way: pure cores import no I/O, clocks, asyncio or packages."""
+"""Keeps the layers pointing one way: pure cores import no I/O, clocks, asyncio or packages
+(orjson, a codec like json, aside)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SERVER = ROOT / "server" / "lockcell"
 OPERATOR = ROOT / "operator" / "lockcell_operator"
 
-# Standard-library modules a pure, deterministic core may use.
+# Modules a pure, deterministic core may use: the standard library's, and orjson.
 PURE_ALLOWED = {
     "__future__", "abc", "base64", "binascii", "bisect", "collections", "dataclasses",
     "enum", "functools", "hashlib", "heapq", "itertools", "json", "math", "operator", "re",
     "struct", "typing", "zlib", "random", "string", "copy", "types",
+    "orjson",  # a JSON codec like ``json`` (deterministic, no I/O): every replica's per-entry codec
 }
 # Forbidden even though they are standard library: I/O, time, concurrency, OS access.
 PURE_FORBIDDEN = {
