@@ -278,6 +278,8 @@ class HttpApi:
     def _with_waiters(self, stat: Any, handle: str | None = None,
                       path: str | None = None) -> Any:
         """Fill in ``lock.waiters`` (leader memory) for the node of ``handle`` or ``path``."""
+        if not self.service.has_waiters():
+            return stat  # the state's stat already says 0
         if handle is not None:
             info = self.service.state.describe_handle(handle)
             path = info.path if info is not None else None

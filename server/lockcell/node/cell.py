@@ -858,6 +858,10 @@ class CellService:
         queue = self._queues.get(path)
         return len(queue.waiters) if queue is not None else 0
 
+    def has_waiters(self) -> bool:
+        """Whether any blocking Acquire may be queued (False: every lock has none)."""
+        return bool(self._queues)
+
     def total_waiters(self) -> int:
         """All queued Acquires."""
         return sum(len(q.waiters) for q in self._queues.values())
