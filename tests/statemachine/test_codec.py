@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from dataclasses import replace
 
 import pytest
@@ -111,6 +112,18 @@ def test_bytes_travel_as_base64() -> None:
     command = SetContents(now_ms=1, session=S, handle=H, data=b"\x00\x01binary\xff")
     wire = json.loads(command.encode())
     assert wire["data"] == "AAFiaW5hcnn/"
+
+
+def test_an_encoded_entry_holds_no_more_memory_than_its_bytes() -> None:
+    command = Open(now_ms=4, session=S, path=f"{ROOT}/a", handle=H)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [command.encode() for _ in range(1000)]
+        held = (tracemalloc.get_traced_memory()[0] - before) / len(kept)
+    finally:
+        tracemalloc.stop()
+    assert held < len(kept[0]) + 200, f"{held:.0f} bytes held per {len(kept[0])}-byte entry"
 
 
 def test_integers_beyond_64_bits_and_lone_surrogates_round_trip() -> None:

@@ -381,7 +381,9 @@ def encode_command(command: Command, now_ms: int | None = None) -> bytes:
     if now_ms is not None:
         wire["now_ms"] = now_ms
     try:
-        return orjson.dumps(wire, option=orjson.OPT_SORT_KEYS)
+        # orjson's own bytes keep its whole 4 KiB output buffer; an entry stays in the
+        # leader's log until a snapshot compacts it, so it keeps an exact-size copy
+        return memoryview(orjson.dumps(wire, option=orjson.OPT_SORT_KEYS)).tobytes()
     except TypeError:  # an integer beyond 64 bits or a lone surrogate
         return json.dumps(wire, sort_keys=True, separators=(",", ":")).encode()
 
