@@ -93,23 +93,13 @@ class LoopHistogram:
 
     def describe(self) -> list[Metric]:
         """The families' names, for the registry's duplicate check (no samples)."""
-        families: list[Metric] = [HistogramMetricFamily(self.name, self.documentation,
-                                                        labels=list(self.labelnames))]
-        if self.counter is not None:
-            families.append(CounterMetricFamily(self.counter[0], self.counter[1],
-                                                labels=list(self.labelnames)))
-        return families
+        return [family for family in self._empty_families() if family is not None]
 
     def collect(self) -> Iterator[Metric]:
         """The histogram family (cumulative ``le`` buckets), and the counter if any."""
-        histogram = HistogramMetricFamily(self.name, self.documentation,
-                                          labels=list(self.labelnames))
-        counter = None
-        if self.counter is not None:
-            counter = CounterMetricFamily(self.counter[0], self.counter[1],
-                                          labels=list(self.labelnames))
+        histogram, counter = self._empty_families()
         edges = self._edges
-        for values, series in list(self.series.items()):
+        for values, series in self.series.items():
             cumulative = list(itertools.accumulate(series.buckets))
             histogram.add_metric(list(values), list(zip(edges, cumulative, strict=True)),
                                  series.total)
@@ -118,6 +108,13 @@ class LoopHistogram:
         yield histogram
         if counter is not None:
             yield counter
+
+    def _empty_families(self) -> tuple[HistogramMetricFamily, CounterMetricFamily | None]:
+        labels = list(self.labelnames)
+        histogram = HistogramMetricFamily(self.name, self.documentation, labels=labels)
+        if self.counter is None:
+            return histogram, None
+        return histogram, CounterMetricFamily(self.counter[0], self.counter[1], labels=labels)
 
 
 class MemberMetrics:
