@@ -184,6 +184,8 @@ def run(
 ) -> list[dict[str, object]]:
     """Measure every backend at every batch size; one ``append`` and one ``load`` row each."""
     seconds = duration if duration is not None else (0.25 if quick else 2.0)
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="lockcell-storage-bench-", dir=directory))
     rows: list[dict[str, object]] = []
     try:

@@ -7,10 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_storage_bench_quick_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["", "not/yet/made"])
+def test_storage_bench_quick_run(tmp_path: Path, where: str) -> None:
+    """Runs in an existing --dir and in one it has to create first."""
+    directory = tmp_path / where
     result = subprocess.run(
         [
             sys.executable,
@@ -21,7 +26,7 @@ def test_storage_bench_quick_run(tmp_path: Path) -> None:
             "--duration",
             "0.02",
             "--dir",
-            str(tmp_path),
+            str(directory),
         ],
         cwd=REPO,
         capture_output=True,
@@ -36,4 +41,4 @@ def test_storage_bench_quick_run(tmp_path: Path) -> None:
             row = appends[(backend, batch)]
             assert row["appends_per_s"] > 0
             assert row["entries_per_s"] >= row["appends_per_s"] * batch * 0.99
-    assert not list(tmp_path.iterdir())  # cleaned up after itself
+    assert not list(directory.iterdir())  # cleaned up after itself
