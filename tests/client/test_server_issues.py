@@ -1,7 +1,6 @@
 """Minimal reproductions of server misbehaviour found while building the client.
 
-Each is marked ``xfail(strict=True)``: when the server is fixed the test passes, pytest
-reports XPASS as a failure, and the marker should go. The client works around both.
+Both are fixed in the server; these tests keep them fixed.
 """
 
 from __future__ import annotations

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 import pytest
 
 _runs: list[tuple[int, float]] = []
-_known: Counter[str] = Counter()
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -16,7 +13,6 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     props = dict(report.user_properties)
     if "sim_seeds" in props:
         _runs.append((int(props["sim_seeds"]), float(props["sim_seconds"])))
-        _known.update(props.get("sim_known") or {})
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -26,7 +22,4 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     cpu = sum(t for _, t in _runs)
     line = (f"raft simulation: {seeds} seeds in {cpu:.1f}s of test time "
             f"({seeds / cpu:.1f} seeds/s per worker)")
-    if _known:
-        line += "; seeds hitting known core bugs: " + ", ".join(
-            f"{bug} x{n}" for bug, n in sorted(_known.items()))
     terminalreporter.write_line(line)

@@ -265,10 +265,6 @@ class Cluster:
         self.answered_reads: dict[bytes, int] = {}
         self.record_messages = record_messages
         self.sent: list[Message] = []
-        self.workarounds: set[str] = set()
-        """Diagnosis only (simrun.classify): known core bugs to step around; ``used`` says
-        which ones actually had to be."""
-        self.used: set[str] = set()
         self.on_ready: list[Callable[[SimNode, Ready], None]] = []
         """Observers called after each handled Ready (after ``advance``)."""
         self.timeout_now_sent: dict[tuple[NodeId, int], int] = {}
@@ -555,12 +551,6 @@ class Cluster:
         empty = not (rd.soft_state or rd.hard_state or rd.entries or rd.snapshot
                      or rd.messages or rd.committed_entries or rd.read_states)
         node.empty_readies = node.empty_readies + 1 if empty else 0
-        raft = node.raft
-        if (node.empty_readies >= 3 and "B1" in self.workarounds
-                and raft.role is not Role.LEADER and getattr(raft, "_need_heartbeat", False)):
-            raft._need_heartbeat = False  # B1: the flag a deposed leader never clears
-            self.used.add("B1")
-            node.empty_readies = 0
         if node.empty_readies >= 3:
             raise BusyLoop(self._describe_violation(
                 f"{node.id}: has_ready() stays True but ready() is empty "
@@ -844,11 +834,6 @@ class Cluster:
                 if other is not node and other.raft.role is Role.LEADER and (
                     other.raft.term > node.raft.term
                 ):
-                    if "B4" in self.workarounds and (
-                        (node.id, node.raft.term) in self.timeout_now_sent
-                    ):
-                        self.used.add("B4")  # B4: no lease once TIMEOUT_NOW went out
-                        continue
                     self._violation(
                         f"leader lease: {node.id} (term {node.raft.term}) holds a lease "
                         f"anchored at tick {at} until {at + self.election_ticks}, but "

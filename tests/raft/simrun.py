@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from lockcell.raft.confchange import ConfChangeError
 from lockcell.raft.core import ConfChangeInProgressError, NotLeaderError, ProposalDroppedError
 from lockcell.raft.tracker import ProgressState
-from lockcell.raft.types import ChangeOp, ConfChange, MemberChange, Role
+from lockcell.raft.types import ChangeOp, ConfChange, MemberChange
 
-from .sim import BusyLoop, Cluster, InvariantViolation, SimNode
+from .sim import Cluster, SimNode
 
 CHAOS_TICKS = 250
 HEAL_BOUND_ELECTIONS = 30
@@ -42,21 +42,12 @@ class LivenessFailure(AssertionError):
 
 
 @dataclass
-class KnownBug:
-    """A failure explained by a diagnosed core bug (see the xfail tests naming it)."""
-
-    bug: str
-    detail: str
-
-
-@dataclass
 class RunStats:
     proposals: int = 0
     reads: int = 0
     changes: int = 0
     crashes: int = 0
     ticks: int = 0
-    used: set[str] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
 
 
@@ -84,11 +75,10 @@ def build(seed: int, trace: bool = False) -> tuple[Cluster, random.Random]:
     return cluster, rng
 
 
-def run(seed: int, trace: bool = False, workarounds: frozenset[str] = frozenset()) -> RunStats:
+def run(seed: int, trace: bool = False) -> RunStats:
     """Run one seed; raises InvariantViolation/LivenessFailure on a failed property (with
-    the cluster attached as ``exc.cluster``). ``workarounds`` is for diagnosis only."""
+    the cluster attached as ``exc.cluster``)."""
     cluster, rng = build(seed, trace)
-    cluster.workarounds = set(workarounds)
     stats = RunStats()
     try:
         chaos(cluster, rng, stats, seed)
@@ -97,7 +87,6 @@ def run(seed: int, trace: bool = False, workarounds: frozenset[str] = frozenset(
         exc.cluster = cluster  # type: ignore[attr-defined]  # for the replay's full trace
         raise
     stats.ticks = cluster.now
-    stats.used = set(cluster.used)
     return stats
 
 
@@ -226,19 +215,14 @@ def _change_text(change: ConfChange) -> str:
 
 
 def heal_and_check(cluster: Cluster, seed: int) -> None:
-    """Heal everything, then require election, a commit, and every member caught up.
-
-    With the B2 workaround (diagnosis only), wedged in-flight windows are released as it
-    goes, the way etcd frees a slot on a heartbeat response.
-    """
-    unwedge = [] if "B2" in cluster.workarounds else None
+    """Heal everything, then require election, a commit, and every member caught up."""
     cluster.heal()
     cluster.crash_after_sync = cluster.crash_before_sync = 0.0
     for node in list(cluster.nodes.values()):
         if not node.alive:
             cluster.restart(node.id)
     bound = HEAL_BOUND_ELECTIONS * cluster.election_ticks
-    index = _commit_one(cluster, bound, f"final-{seed}".encode(), unwedge)
+    index = _commit_one(cluster, bound, f"final-{seed}".encode())
     if index is None:
         raise LivenessFailure(cluster._describe_violation(
             f"no proposal committed within {bound} ticks of healing\n"
@@ -247,26 +231,14 @@ def heal_and_check(cluster: Cluster, seed: int) -> None:
     while cluster.now < deadline:
         if cluster.leader() is not None and not lagging(cluster, index):
             return
-        _tick(cluster, unwedge)
+        cluster.tick()
     behind = ", ".join(n.id for n in lagging(cluster, index)) or "(no leader)"
     raise LivenessFailure(cluster._describe_violation(
         f"members {behind} did not apply {index} within {bound} ticks of healing\n"
         f"{cluster.status_text()}\n{progress_text(cluster)}"))
 
 
-def _tick(cluster: Cluster, unwedge: list[str] | None) -> None:
-    if unwedge is not None:
-        lead = cluster.leader()
-        for node in wedged_followers(cluster):
-            assert lead is not None
-            unwedge.append(node)
-            cluster.used.add("B2")
-            lead.raft.report_unreachable(node)
-    cluster.tick()
-
-
-def _commit_one(cluster: Cluster, bound: int, data: bytes,
-                unwedge: list[str] | None) -> int | None:
+def _commit_one(cluster: Cluster, bound: int, data: bytes) -> int | None:
     """Propose ``data`` until it commits; re-proposes to each new leader (a deposed
     leader's uncommitted entry may be lost). Returns the index that committed."""
     deadline = cluster.now + bound
@@ -287,7 +259,7 @@ def _commit_one(cluster: Cluster, bound: int, data: bytes,
                 continue
             except PROPOSE_ERRORS:
                 pass
-        _tick(cluster, unwedge)
+        cluster.tick()
     return None
 
 
@@ -308,15 +280,14 @@ def progress_text(cluster: Cluster) -> str:
         f"  {lead.id}->{node}: {pr.state.name} match={pr.match} next={pr.next} "
         f"inflight={len(pr.inflight)} probe_sent={pr.probe_sent} active={pr.recent_active}"
         for node, pr in sorted(lead.raft.progress.items())
-    )
-
-
-# ---------------------------------------------------------------------- diagnosis
+    ) + "".join(f"\n  {node}: stalled (window full, behind, nothing on the wire)"
+                for node in wedged_followers(cluster))
 
 
 def wedged_followers(cluster: Cluster) -> list[str]:
     """Followers a leader streams to whose whole in-flight window was lost: REPLICATE,
-    window full, behind, and nothing on the wire between them (known bug B2)."""
+    window full, behind, and nothing on the wire between them (a stall the simulation
+    once found; reported in a liveness failure's text)."""
     lead = cluster.leader()
     if lead is None:
         return []
@@ -333,54 +304,3 @@ def wedged_followers(cluster: Cluster) -> list[str]:
             continue
         out.append(node)
     return out
-
-
-BUGS = {
-    "B1": "a deposed leader keeps has_ready() True with empty Readies (read pending)",
-    "B2": "a follower whose in-flight window was lost is never streamed to again",
-    "B4": "a leader claims a lease after sending TIMEOUT_NOW; the target wins anyway",
-}
-
-
-def classify(seed: int, exc: BaseException) -> KnownBug | None:
-    """Whether a failed run is fully explained by diagnosed core bugs (None if not).
-
-    Each failure is matched against a bug's exact signature; the seed is then replayed
-    stepping around that bug (and those found before), and the replay must pass every
-    remaining check -- so a seed that also hides an unknown failure is not excused.
-    """
-    workarounds: set[str] = set()
-    current: BaseException = exc
-    for _ in range(len(BUGS) + 1):
-        bug = _diagnose(current)
-        if bug is None or bug in workarounds:
-            return None
-        workarounds.add(bug)
-        try:
-            stats = run(seed, workarounds=frozenset(workarounds))
-        except AssertionError as again:
-            current = again
-            continue
-        if not stats.used:
-            return None
-        return KnownBug("+".join(sorted(stats.used)),
-                        "; ".join(BUGS[b] for b in sorted(stats.used)))
-    return None
-
-
-def _diagnose(exc: BaseException) -> str | None:
-    cluster: Cluster | None = getattr(exc, "cluster", None)
-    if cluster is None:
-        return None
-    if isinstance(exc, BusyLoop) and exc.info.get("role") is not Role.LEADER:
-        node = cluster.nodes[str(exc.info["node"])]
-        if getattr(node.raft, "_need_heartbeat", False):
-            return "B1"
-    if isinstance(exc, InvariantViolation) and exc.kind == "lease":
-        key = (str(exc.info["holder"]), int(str(exc.info["term"])))
-        if key in cluster.timeout_now_sent:
-            return "B4"
-    if isinstance(exc, LivenessFailure):
-        return "B2"  # confirmed only if the replay then needs (and passes with) unwedging
-    return None
-

@@ -15,11 +15,8 @@ proposal must commit and every member must catch up within a bounded number of t
 Seeds are spread over parametrized chunks (about 50 seeds each) so pytest-xdist can run
 them in parallel. A failing seed prints its trace and the command to replay it.
 
-Known core bugs: a failure is excused only if ``simrun.classify`` matches it to the exact
-signature of a diagnosed bug (B1, B2, B4; their minimal reproductions are the xfail
-scenario tests) *and* the seed, replayed stepping around that bug, passes every other
-check. Such seeds turn the chunk into an xfail that lists them; any other failure fails
-the chunk. Once the bugs are fixed the chunks simply pass.
+Every failing seed fails its chunk: the bugs this simulation found are fixed (each has a
+scenario test), so no failure is excused.
 """
 
 from __future__ import annotations
@@ -47,30 +44,21 @@ def test_simulation(chunk: int, record_property: pytest.RecordProperty,
         return
     seeds = range(chunk, SEEDS, CHUNKS)
     started = time.perf_counter()
-    unexplained: list[tuple[int, AssertionError]] = []
-    known: dict[str, list[int]] = {}
+    failed: list[tuple[int, AssertionError]] = []
     for seed in seeds:
         try:
             simrun.run(seed)
         except AssertionError as exc:
-            bug = simrun.classify(seed, exc)
-            if bug is None:
-                unexplained.append((seed, exc))
-            else:
-                known.setdefault(bug.bug, []).append(seed)
+            failed.append((seed, exc))
     elapsed = time.perf_counter() - started
     record_property("sim_seeds", len(seeds))
     record_property("sim_seconds", elapsed)
-    record_property("sim_known", {bug: len(s) for bug, s in known.items()})
-    if unexplained:
-        seed, exc = unexplained[0]
-        others = ", ".join(str(s) for s, _ in unexplained[1:])
+    if failed:
+        seed, exc = failed[0]
+        others = ", ".join(str(s) for s, _ in failed[1:])
         pytest.fail(
-            f"{len(unexplained)} seed(s) failed{f' (also: {others})' if others else ''}.\n"
+            f"{len(failed)} seed(s) failed{f' (also: {others})' if others else ''}.\n"
             f"Replay: {simrun.REPLAY.format(seed=seed)}\n\n{exc}", pytrace=False)
-    if known:
-        listed = "; ".join(f"{bug}: seeds {sorted(s)}" for bug, s in sorted(known.items()))
-        pytest.xfail(f"known core bugs (see xfail scenario tests): {listed}")
 
 
 def _replay(seed: int, tmp_path: Path) -> None:
@@ -88,7 +76,5 @@ def _replay(seed: int, tmp_path: Path) -> None:
     cluster = getattr(failure, "cluster", None)
     if cluster is not None:
         trace.write_text("\n".join(cluster.trace) + "\n")
-    bug = simrun.classify(seed, failure)
-    verdict = f"known core bug {bug.bug}: {bug.detail}" if bug else "NOT a known bug"
-    pytest.fail(f"seed {seed} failed ({verdict}).\nFull trace: {trace}\n"
+    pytest.fail(f"seed {seed} failed.\nFull trace: {trace}\n"
                 f"Replay: {simrun.REPLAY.format(seed=seed)}\n\n{failure}", pytrace=False)
