@@ -447,7 +447,7 @@ class CellState:
             checksum=content_checksum(contents) if contents else EMPTY_CHECKSUM,
         )
         data.nodes[node.path] = node
-        parent.children[name] = None
+        parent.add_child(name)
         self._notify(parent, EventType.CHILD_ADDED, node.path)
         return node
 
@@ -463,7 +463,7 @@ class CellState:
             data.shared_holders -= len(node.holders)
         del data.nodes[node.path]
         parent = data.nodes[node.parent]
-        del parent.children[node.name]
+        parent.remove_child(node.name)
         self._notify(parent, EventType.CHILD_REMOVED, node.path)
         self._effects.append(NodeDeleted(node.path, node.instance))
 
@@ -531,7 +531,7 @@ class CellState:
                 data.locks_shared += 1
         if mode is LockMode.SHARED:
             data.shared_holders += 1
-        node.holders[handle.handle_id] = None
+        node.add_holder(handle.handle_id)
         handle.lock_mode = mode
         handle.lock_generation = node.lock_generation
         self._notify(node, EventType.LOCK_ACQUIRED, node.path)
@@ -546,7 +546,7 @@ class CellState:
         data = self._data
         mode = handle.lock_mode
         assert mode is not None
-        del node.holders[handle.handle_id]
+        node.remove_holder(handle.handle_id)
         if mode is LockMode.SHARED:
             data.shared_holders -= 1
         if not node.holders:

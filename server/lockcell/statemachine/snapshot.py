@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .sequencer import SequencerRef, parse_sequencer
-from .state import CellConfig, CellData, Handle, Node, Session, Tombstone
+from .state import NOTHING, CellConfig, CellData, Handle, Node, Session, Tombstone
 from .values import LockMode, NodeKind, SessionEndReason
 
 SNAPSHOT_FORMAT = 1
@@ -119,7 +119,7 @@ def _load_node(image: dict[str, Any], parents: dict[str, str]) -> Node:
         binascii.a2b_base64(text, strict_mode=True) if text else b"",
         str(image["checksum"]), _MODES[image["lock_mode"]],
         int(image["lock_delay_until_ms"]),
-        dict.fromkeys(map(str, holders)) if holders else {},
+        dict.fromkeys(map(str, holders)) if holders else NOTHING,
     )
 
 
@@ -172,7 +172,7 @@ def _load_nodes(text: str, pos: int, data: CellData) -> int:
         node = _load_node(node_image, parents)
         nodes[node.path] = node
         if node.path != root:
-            nodes[node.parent].children[node.name] = None
+            nodes[node.parent].add_child(node.name)
         if node.lock_mode is not None:
             if node.lock_mode is LockMode.EXCLUSIVE:
                 data.locks_exclusive += 1

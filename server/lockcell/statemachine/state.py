@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
+from typing import Any, TypeVar
 
 from .paths import LOCAL_CELL, is_valid_component, root_path
 from .sequencer import SequencerRef
@@ -27,6 +29,32 @@ def content_checksum(data: bytes) -> str:
 
 
 EMPTY_CHECKSUM = content_checksum(b"")
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+NOTHING: Mapping[Any, Any] = MappingProxyType({})
+"""The one empty mapping every node without holders, children, handles or watchers shares
+(most files have none of them, and an empty dict costs 64 bytes: four per node). It is
+read-only, so filling it by mistake fails instead of filling every node's."""
+
+
+def _nothing() -> Mapping[Any, Any]:
+    return NOTHING
+
+
+def _with(mapping: Mapping[_K, _V], key: _K, value: _V) -> dict[_K, _V]:
+    """``mapping`` (a dict of its own from the first entry on) with ``key`` set."""
+    grown = mapping if isinstance(mapping, dict) else {}
+    grown[key] = value
+    return grown
+
+
+def _without(mapping: Mapping[_K, _V], key: _K) -> Mapping[_K, _V]:
+    """``mapping`` without ``key`` (which it holds); :data:`NOTHING` once it is empty."""
+    assert isinstance(mapping, dict), "an empty mapping has no key to remove"
+    del mapping[key]
+    return mapping if mapping else NOTHING
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +110,10 @@ class Node:
 
     ``holders``, ``children``, ``handles`` and ``watchers`` are insertion-ordered dicts
     (never sets) so that every iteration, and so the order of events, is the same on every
-    replica. ``handles`` are the open handles bound to this instance; ``watchers`` indexes
-    them by the events they asked for. Use :meth:`attach` / :meth:`detach` to keep both.
+    replica; while empty they are the shared :data:`NOTHING`, so they change only through
+    the methods below. ``handles`` are the open handles bound to this instance;
+    ``watchers`` indexes them by the events they asked for. Use :meth:`attach` /
+    :meth:`detach` to keep both.
     """
 
     path: str
@@ -99,29 +129,46 @@ class Node:
     checksum: str = EMPTY_CHECKSUM
     lock_mode: LockMode | None = None
     lock_delay_until_ms: int = 0
-    holders: dict[str, None] = field(default_factory=dict)
-    children: dict[str, None] = field(default_factory=dict)
-    handles: dict[str, Handle] = field(default_factory=dict)
-    watchers: dict[EventType, dict[str, Handle]] = field(default_factory=dict)
+    holders: Mapping[str, None] = field(default_factory=_nothing)
+    children: Mapping[str, None] = field(default_factory=_nothing)
+    handles: Mapping[str, Handle] = field(default_factory=_nothing)
+    watchers: Mapping[EventType, Mapping[str, Handle]] = field(default_factory=_nothing)
+
+    def add_holder(self, handle_id: str) -> None:
+        """Record that ``handle_id`` holds this lock."""
+        self.holders = _with(self.holders, handle_id, None)
+
+    def remove_holder(self, handle_id: str) -> None:
+        """Record that ``handle_id`` no longer holds this lock."""
+        self.holders = _without(self.holders, handle_id)
+
+    def add_child(self, name: str) -> None:
+        """Record a child named ``name`` (this is a directory)."""
+        self.children = _with(self.children, name, None)
+
+    def remove_child(self, name: str) -> None:
+        """Forget the child named ``name``."""
+        self.children = _without(self.children, name)
 
     def attach(self, handle: Handle) -> None:
         """Bind an open handle to this node (and to the watcher lists of its events)."""
-        self.handles[handle.handle_id] = handle
+        self.handles = _with(self.handles, handle.handle_id, handle)
         if handle.event_mask:
             for event in EventType:
                 if handle.event_mask & event.bit:
-                    self.watchers.setdefault(event, {})[handle.handle_id] = handle
+                    watching = _with(self.watchers.get(event, NOTHING), handle.handle_id,
+                                     handle)
+                    self.watchers = _with(self.watchers, event, watching)
 
     def detach(self, handle: Handle) -> None:
         """Unbind a handle that is being closed."""
-        del self.handles[handle.handle_id]
+        self.handles = _without(self.handles, handle.handle_id)
         if handle.event_mask:
             for event in EventType:
                 if handle.event_mask & event.bit:
-                    watching = self.watchers[event]
-                    del watching[handle.handle_id]
+                    watching = _without(self.watchers[event], handle.handle_id)
                     if not watching:
-                        del self.watchers[event]
+                        self.watchers = _without(self.watchers, event)
 
     def stat(self) -> dict[str, Any]:
         """The ``stat`` object of §4 (``waiters`` is leader memory: always 0 here)."""
