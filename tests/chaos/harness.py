@@ -308,13 +308,17 @@ class ChaosCell(LocalCell):
     member_env: dict[int, dict[str, str]] = field(default_factory=dict)
     """Extra environment of one member's next starts (by index), over ``extra_env``."""
 
-    write_paths: int = 0
-    """Which members write as leaders on the WAL thread instead of in their loop (bit
-    ``i`` for member ``i``), so that faults meet both ways of a leader's log write."""
+    write_paths: tuple[str, ...] = ()
+    """How each member (by index) writes its log as a leader: ``loop`` (written and synced
+    in its loop: the default), ``aio`` (written in its loop, synced by Linux AIO) or
+    ``thread`` (both on the WAL thread), so that faults meet every way of a leader's write."""
 
     def environment(self, member: LocalMember) -> dict[str, str]:
         env = super().environment(member)
-        if self.write_paths >> member.index & 1:
+        path = self.write_paths[member.index] if member.index < len(self.write_paths) else "loop"
+        if path == "aio":
+            env["LOCKCELL_LEADER_ASYNC_SYNC"] = "on"
+        if path == "thread":
             env["LOCKCELL_LEADER_INLINE_WRITE_MS"] = "0"
         env.update(self.member_env.get(member.index, {}))
         return env
@@ -355,6 +359,15 @@ class ChaosCell(LocalCell):
                          headers={"Authorization": f"Bearer {self.admin_token}"})
 
 
+WRITE_PATHS = ("loop", "aio", "thread")
+
+
+def _write_paths(seed: int) -> tuple[str, ...]:
+    """Each member a different way of writing the log, rotated by ``seed``."""
+    shift = seed % len(WRITE_PATHS)
+    return WRITE_PATHS[shift:] + WRITE_PATHS[:shift]
+
+
 def start_chaos_cell(root: Path, *, lease_ms: int = 2000, tick_ms: int = 50,
                      seed: int = 0) -> tuple[ChaosCell, PeerProxy, ClientProxy]:
     """A started 3-member cell behind a peer proxy and a client proxy."""
@@ -364,7 +377,7 @@ def start_chaos_cell(root: Path, *, lease_ms: int = 2000, tick_ms: int = 50,
         cell = ChaosCell(root / f"cell-{attempt}", size=3, client_base=base,
                          peer_base=base + 10, lease_ms=lease_ms, tick_ms=tick_ms,
                          proxy_base=base + 20, client_proxy_base=base + 30,
-                         extra_env=dict(CELL_ENV), write_paths=1 + seed % 6)
+                         extra_env=dict(CELL_ENV), write_paths=_write_paths(seed))
         peers: PeerProxy | None = None
         clients: ClientProxy | None = None
         try:

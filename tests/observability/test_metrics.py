@@ -35,7 +35,7 @@ EXPECTED_SERVER = {
     "lockcell_raft_follower_active", "lockcell_raft_members", "lockcell_raft_joint",
     "lockcell_raft_conf_changes_total", "lockcell_raft_quorum_active",
     "lockcell_raft_voters_active", "lockcell_wal_fsync_seconds_bucket",
-    "lockcell_leader_writes_in_loop",
+    "lockcell_leader_writes_in_loop", "lockcell_wal_aio",
     "lockcell_wal_append_batch_entries_bucket", "lockcell_snapshot_seconds_bucket",
     "lockcell_snapshot_restore_seconds_bucket", "lockcell_snapshot_failures_total",
     "lockcell_event_loop_lag_seconds_bucket", "lockcell_gc_pause_seconds_bucket",

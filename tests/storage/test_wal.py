@@ -14,6 +14,7 @@ from lockcell.storage.store import (
     FileRaftStorage,
     RaftStorage,
     RestoredState,
+    UnsyncedWrites,
 )
 
 from .helpers import entries, payload, segment_files
@@ -262,3 +263,35 @@ def test_group_commit_one_write_and_one_fdatasync_per_save(
     assert calls == ["pwrite", "fdatasync"]
     monkeypatch.undo()
     store.close()
+
+
+def test_write_leaves_the_sync_to_the_caller_until_a_segment_starts(
+    directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FileRaftStorage(directory, segment_size=64 * 1024)
+    assert isinstance(store, UnsyncedWrites)
+    assert store.write(HardState(1, "a", 0), entries(1, 1, term=1)) is None  # new segment
+    calls: list[str] = []
+    real_pwrite, real_fdatasync = os.pwrite, os.fdatasync
+    monkeypatch.setattr(os, "pwrite",
+                        lambda fd, data, at: calls.append("pwrite") or real_pwrite(fd, data, at))
+    monkeypatch.setattr(os, "fdatasync",
+                        lambda fd: calls.append("fdatasync") or real_fdatasync(fd))
+    fd = store.write(HardState(1, "a", 1), entries(2, 10, term=1, size=100))
+    assert calls == ["pwrite"] and fd is not None
+    with pytest.raises(RuntimeError, match="not been synced"):
+        store.write(None, entries(12, 1, term=1))
+    os.fdatasync(fd)
+    store.synced()
+    monkeypatch.undo()
+    last = 11
+    while len(segment_files(directory)) == 1:  # fill the segment: the next write syncs
+        fd = store.write(None, entries(last + 1, 50, term=1, size=500))
+        last += 50
+        if fd is not None:
+            os.fdatasync(fd)
+            store.synced()
+    store.close()
+    restored = reload(directory, segment_size=64 * 1024)
+    assert [e.index for e in restored.entries] == list(range(1, last + 1))
+    assert restored.hard_state == HardState(1, "a", 1)

@@ -60,6 +60,7 @@ class MemberConfig:
     snapshot_every: int = 20000
     segment_size: int = DEFAULT_SEGMENT_SIZE
     leader_inline_write_ms: float = 5.0
+    leader_async_sync: bool = False
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -101,7 +102,8 @@ class Member:
             self.id, self.storage, self.service,
             DriverConfig(tick_ms=config.tick_ms, election_ticks=config.election_ticks,
                          snapshot_every=config.snapshot_every,
-                         leader_inline_write_ms=config.leader_inline_write_ms),
+                         leader_inline_write_ms=config.leader_inline_write_ms,
+                         leader_async_sync=config.leader_async_sync),
         )
         self.driver.metrics_hook = self.metrics.observe
         self.metrics.observe("leader_writes_in_loop", float(config.leader_inline_write_ms > 0))

@@ -174,6 +174,10 @@ class MemberMetrics:
             "lockcell_leader_writes_in_loop",
             "1 while this member, leading, writes its log in its event loop; 0 while its "
             "writes are slow enough to go to the WAL thread", registry=r)
+        self.wal_aio = Gauge(
+            "lockcell_wal_aio",
+            "1 when this member, leading, writes its log in its event loop and has Linux AIO "
+            "run the fdatasync (the loop never waits for the disk)", registry=r)
         self.batch = Histogram("lockcell_wal_append_batch_entries", "Entries per WAL batch",
                                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
                                registry=r)
@@ -287,6 +291,8 @@ class MemberMetrics:
             self.snapshot_failures.inc(value)
         elif kind == "leader_writes_in_loop":
             self.leader_writes_in_loop.set(value)
+        elif kind == "wal_aio":
+            self.wal_aio.set(value)
         elif kind == "loop_lag_seconds":
             self.loop_lag.observe(value)
         elif kind == "gc_pause_seconds" and rest:

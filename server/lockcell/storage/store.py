@@ -31,7 +31,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from lockcell.raft.types import Entry, HardState, Snapshot, SnapshotMeta
 from lockcell.storage.codec import (
@@ -143,6 +143,20 @@ class RaftStorage(Protocol):
         ...
 
 
+@runtime_checkable
+class UnsyncedWrites(Protocol):
+    """A store whose writes can leave their fdatasync to the caller (see
+    :meth:`FileRaftStorage.write`), so that a leader's loop never waits for the disk."""
+
+    def write(self, hard_state: HardState | None, entries: Sequence[Entry]) -> int | None:
+        """Write without syncing; the descriptor to sync, or ``None`` if durable already."""
+        ...
+
+    def synced(self) -> None:
+        """The descriptor :meth:`write` returned was synced."""
+        ...
+
+
 @dataclass(slots=True)
 class _Segment:
     """Bookkeeping for one segment file."""
@@ -213,6 +227,8 @@ class FileRaftStorage:
         self._preallocate = min(segment_size, PREALLOCATE_CHUNK) if preallocate else 0
         self._closed = False
         self._failed: BaseException | None = None
+        self._unsynced = False
+        """A :meth:`write` left its frame unsynced; no other write until :meth:`synced`."""
         self._writer: SegmentWriter | None = None
         self._segments: list[_Segment] = []
         self._hard_state = HardState()
@@ -293,6 +309,27 @@ class FileRaftStorage:
         segment is started); installing a snapshot adds the snapshot file's own fsyncs.
         Raises ``ValueError`` (before touching the disk) on invalid input.
         """
+        self._save(hard_state, entries, snapshot, sync=True)
+
+    def write(self, hard_state: HardState | None, entries: Sequence[Entry]) -> int | None:
+        """:meth:`save` without a snapshot and without waiting for the disk.
+
+        The frame is written but not synced, unless it started a new segment (synced with
+        its directory, as :meth:`save` does). Returns the file descriptor the caller must
+        ``fdatasync`` and then report with :meth:`synced` before it counts the batch as
+        durable, or ``None`` when it already is. No other write may start before then.
+        """
+        if self._unsynced:
+            raise RuntimeError("the previous write has not been synced yet")
+        return self._save(hard_state, entries, None, sync=False)
+
+    def synced(self) -> None:
+        """The descriptor :meth:`write` returned has been synced: its batch is durable."""
+        self._unsynced = False
+        failpoint("wal.after_fsync")
+
+    def _save(self, hard_state: HardState | None, entries: Sequence[Entry],
+              snapshot: Snapshot | None, *, sync: bool) -> int | None:
         self._check_usable()
         self._restored = None
         new_snapshot: Snapshot | None = None
@@ -313,18 +350,21 @@ class FileRaftStorage:
             )
         payload = encode_batch(hard_state, entries)
         image = encode_snapshot(new_snapshot) if new_snapshot is not None else b""
+        unsynced: int | None = None
         try:
             if new_snapshot is not None:
                 self._install_snapshot_file(new_snapshot, image)
                 if reset is None:
                     self._compact(new_snapshot.meta)
             if payload or reset is not None:
-                self._append(payload, hard_state, entries, reset)
+                unsynced = self._append(payload, hard_state, entries, reset, sync=sync)
             if reset is not None:
                 self._drop_segments_before_last()
         except BaseException as err:
             self._failed = err
             raise
+        self._unsynced = unsynced is not None
+        return unsynced
 
     def stage_snapshot(self, snapshot: Snapshot) -> None:
         """Write and fsync ``snapshot`` under its staging name (see :class:`RaftStorage`)."""
@@ -396,8 +436,12 @@ class FileRaftStorage:
         hard_state: HardState | None,
         entries: Sequence[Entry],
         reset: LogReset | None,
-    ) -> None:
-        """Write one frame (starting a new segment if needed) and fdatasync it."""
+        *,
+        sync: bool,
+    ) -> int | None:
+        """Write one frame (starting a new segment if needed) and fdatasync it, unless
+        ``sync`` is false and the frame goes to the current segment: then return the
+        descriptor that still needs its fdatasync."""
         writer = self._writer
         needs_new = (
             reset is not None
@@ -419,8 +463,9 @@ class FileRaftStorage:
             else:
                 first = entries[0].index if entries else self._last_index + 1
             writer = self._start_segment(first)
+            sync = True
         assert writer is not None
-        writer.append(encode_frame(payload, writer.header.salt))
+        writer.append(encode_frame(payload, writer.header.salt), sync=sync)
         if hard_state is not None:
             self._hard_state = hard_state
         if reset is not None:
@@ -431,6 +476,7 @@ class FileRaftStorage:
             first = entries[0].index
             if segment.min_entry_index is None or first < segment.min_entry_index:
                 segment.min_entry_index = first
+        return None if sync else writer.fileno
 
     def _start_segment(self, first_index: int) -> SegmentWriter:
         seq = self._segments[-1].seq + 1 if self._segments else 1
@@ -587,7 +633,8 @@ class FileRaftStorage:
         if recovered.discard_reason is not None:
             logger.warning("%s: %s", self.directory, recovered.discard_reason)
             meta = recovered.snapshot.meta
-            self._append(b"", None, (), LogReset(index=meta.index, term=meta.term))
+            self._append(b"", None, (), LogReset(index=meta.index, term=meta.term),
+                         sync=True)
             self._drop_segments_before_last()
             entries = []
         self._restored = RestoredState(

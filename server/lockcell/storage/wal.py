@@ -239,8 +239,14 @@ class SegmentWriter:
             raise
         return cls(path, header, fd, end, preallocate=preallocate, limit=limit)
 
-    def append(self, frame: bytes) -> None:
-        """Write one frame and fdatasync; durable when this returns."""
+    @property
+    def fileno(self) -> int:
+        """The segment's file descriptor (to sync what :meth:`append` left unsynced)."""
+        return self._fd
+
+    def append(self, frame: bytes, *, sync: bool = True) -> None:
+        """Write one frame and fdatasync; durable when this returns. Without ``sync`` the
+        frame is only written: the caller syncs :attr:`fileno` before relying on it."""
         end = self.offset + len(frame)
         if self._preallocate and end > self._allocated:
             target = max(end, min(self._allocated + self._preallocate, self._limit))
@@ -251,8 +257,9 @@ class SegmentWriter:
         failpoint("wal.before_write")
         write_all(self._fd, frame, self.offset)
         failpoint("wal.after_write")
-        os.fdatasync(self._fd)
-        failpoint("wal.after_fsync")
+        if sync:
+            os.fdatasync(self._fd)
+            failpoint("wal.after_fsync")
         self.offset = end
 
     def close(self) -> None:
