@@ -157,7 +157,7 @@ def test_a_snapshot_from_a_child_and_the_log_after_it_restore_everything(
         return app.values, meta, restored_from_image
 
     written, meta, restored = asyncio.run(scenario())
-    assert meta.index > 30
+    assert meta.index >= 30  # the first gap is drawn from 30-45 entries, 30 included
     assert restored and restored == written[: len(restored)]
     assert not list(tmp_path.glob("*" + STAGED_SUFFIX))
 
