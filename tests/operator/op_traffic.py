@@ -196,6 +196,8 @@ class Traffic:
     record: Record = field(default_factory=Record)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    closing: set[int] = field(default_factory=set)
+    """Workers that have asked to close their session: its end is no anomaly to them."""
 
     def path(self, name: str) -> str:
         return f"/ls/{self.cell}/{name}"
@@ -240,6 +242,8 @@ class Traffic:
             except CallFailed as exc:
                 self.record.anomalies.append(f"worker {worker} keepalive: {exc}")
                 return
+            if ans.status == 410 and worker in self.closing:
+                return  # the long poll saw the worker's own CloseSession apply first
             if ans.status != 200:
                 self.record.anomalies.append(f"worker {worker} keepalive: {ans.status} "
                                              f"{ans.body}")
@@ -283,6 +287,7 @@ class Traffic:
                 rec.write_times.append(put.acked)
                 rec.rounds += 1
                 await asyncio.sleep(self.pause)
+            self.closing.add(w)
             await self.api.call("DELETE", f"/v1/sessions/{session}",
                                 request_id=uuid.uuid4().hex)
         finally:
