@@ -531,51 +531,51 @@ class RaftDriver:
         if self._syncer is None:
             saving = loop.run_in_executor(self._io, self._timed_save, hard_state, entries, None)
             self._saving = saving
-            saving.add_done_callback(functools.partial(self._save_ended, entries))
+            saving.add_done_callback(functools.partial(self._thread_save_ended, entries))
             return
         # The sync's completion calls _save_ended directly (no future hops on the commit
         # path); _saving only lets _await_saves wait for it.
-        self._saving = loop.create_future()
+        self._saving = waiting = loop.create_future()
         started = time.perf_counter()
         storage = cast(UnsyncedWrites, self.storage)
+
+        def ended(outcome: float | BaseException) -> None:
+            waiting.set_result(0.0)
+            self._save_ended(entries, outcome)
+
         try:
             fd = storage.write(hard_state, entries)
         except Exception as exc:
-            self._finish_save(entries, exc)
+            ended(exc)
             return
         if fd is None:
-            self._finish_save(entries, time.perf_counter() - started)
+            ended(time.perf_counter() - started)
             return
 
         def synced(failure: OSError | None) -> None:
             if failure is None:
                 storage.synced()
-            self._finish_save(entries, failure or time.perf_counter() - started)
+            ended(failure or time.perf_counter() - started)
 
         self._syncer.sync(fd, synced)
 
-    def _finish_save(self, entries: tuple[Entry, ...], outcome: float | BaseException) -> None:
-        """A write-then-sync ended with ``outcome`` (its seconds, or its failure)."""
-        saving = self._saving
-        assert saving is not None
-        if isinstance(outcome, BaseException):
-            saving.set_exception(outcome)
-            saving.exception()  # retrieved: _save_ended reports it
+    def _thread_save_ended(self, entries: tuple[Entry, ...],
+                           future: asyncio.Future[float]) -> None:
+        if future.cancelled():
+            self._save_ended(entries, RuntimeError("log write cancelled"))
         else:
-            saving.set_result(outcome)
-        self._save_ended(entries, saving)
+            self._save_ended(entries, future.exception() or future.result())
 
-    def _save_ended(self, entries: tuple[Entry, ...], future: asyncio.Future[float]) -> None:
-        """A background write of ``entries`` is over: report them durable (or the failure,
-        which stops this member) and start the next one."""
+    def _save_ended(self, entries: tuple[Entry, ...], outcome: float | BaseException) -> None:
+        """A background write of ``entries`` is over after ``outcome`` seconds, or failed
+        with it: report them durable (a failure stops this member) and start the next."""
         self._saving = None
-        failure = None if future.cancelled() else future.exception()
-        if future.cancelled() or failure is not None:
-            self._save_failure = failure or RuntimeError("log write cancelled")
+        if isinstance(outcome, BaseException):
+            self._save_failure = outcome
             self._save_backlog.clear()
             self._wake.set()
             return
-        self._note_write(future.result())
+        self._note_write(outcome)
         self._metric("append_batch", float(len(entries)))
         last = entries[-1]
         self.call(lambda: self.core.persisted(last.index, last.term))
