@@ -163,32 +163,61 @@ def test_a_snapshot_from_a_child_and_the_log_after_it_restore_everything(
 
 
 def test_a_failed_image_is_counted_and_retried(tmp_path: Path) -> None:
-    async def scenario() -> tuple[list[tuple[str, float]], int]:
+    async def scenario() -> list[tuple[str, float]]:
         app = ListApp()
         app.fail_images = 1
-        driver = await started(tmp_path, app, snapshot_every=10, snapshot_log_ratio=0.0)
+        driver = await started(tmp_path, app, snapshot_every=10, snapshot_log_ratio=0.0,
+                               snapshot_retry_s=0.5)
         try:
             for i in range(15):
                 await write(driver, f"w{i}")
-            for _ in range(300):
+            for _ in range(1000):
                 if any(name == "snapshot_failures" for name, _ in driver.metrics):  # type: ignore[attr-defined]
                     break
                 await asyncio.sleep(0.01)
-            app.fail_images = 0
-            for i in range(15, 40):
+            app.fail_images = 0  # well inside the retry delay: no child forked meanwhile
+            i = 15
+            while not (driver._imaging is None and snapshot_files(tmp_path)):
                 await write(driver, f"w{i}")
-            for _ in range(300):
-                if driver._imaging is None and snapshot_files(tmp_path):
-                    break
-                await asyncio.sleep(0.01)
-            return list(driver.metrics), len(app.values)  # type: ignore[attr-defined]
+                i += 1
+                assert i < 5_000, "the failed image was never retried"
+                await asyncio.sleep(0.005)
+            return list(driver.metrics)  # type: ignore[attr-defined]
         finally:
             await driver.stop()
 
-    metrics, _ = asyncio.run(scenario())
-    assert ("snapshot_failures", 1.0) in metrics
+    metrics = asyncio.run(scenario())
+    assert [m for m in metrics if m[0] == "snapshot_failures"] == [("snapshot_failures", 1.0)]
     assert any(name == "snapshot_seconds" for name, _ in metrics)
     assert snapshot_files(tmp_path)
+
+
+def test_a_failing_image_is_retried_later_and_less_often(tmp_path: Path) -> None:
+    """Every batch applied is a chance to snapshot; after a failure the next try waits
+    (1x, then 2x the retry delay), so a persistent failure does not fork per batch."""
+    async def scenario() -> list[float]:
+        app = ListApp()
+        app.fail_images = 1
+        driver = await started(tmp_path, app, snapshot_every=10, snapshot_log_ratio=0.0,
+                               snapshot_retry_s=0.2)
+        failed_at: list[float] = []
+        driver.metrics_hook = lambda name, value: (  # type: ignore[assignment]
+            failed_at.append(time.monotonic()) if name == "snapshot_failures" else None)
+        try:
+            i = 0
+            while len(failed_at) < 3:
+                await write(driver, f"w{i}")
+                i += 1
+                assert i < 20_000, f"only {len(failed_at)} failed images"
+                await asyncio.sleep(0.002)
+            return failed_at
+        finally:
+            await driver.stop()
+
+    failed_at = asyncio.run(scenario())
+    assert failed_at[1] - failed_at[0] >= 0.2
+    assert failed_at[2] - failed_at[1] >= 0.4
+    assert not snapshot_files(tmp_path)
 
 
 def test_a_large_state_is_not_reimaged_until_the_log_has_grown(tmp_path: Path) -> None:

@@ -101,6 +101,10 @@ class DriverConfig:
     snapshot_retain: int = 2_000
     snapshot_in_child: bool = True
     """Build images in a forked child (see :mod:`.imaging`) instead of on the event loop."""
+    snapshot_retry_s: float = 1.0
+    """After a failed image, wait this long before the next try, doubling after each
+    failure in a row up to 64 times as long, so a full disk or a failing state machine
+    does not fork a child per batch."""
     clock_drift: float = 0.01
     lease_margin_ms: float = 50.0
     leader_inline_write_ms: float = 5.0
@@ -181,6 +185,8 @@ class RaftDriver:
         self._last_image_size = len(restored.snapshot.data)
         self._snapshot_gap = self._next_snapshot_gap()
         self._snapshot_started = 0.0
+        self._snapshot_failures_in_row = 0
+        self._snapshot_retry_at = 0.0
         self._inbox: list[Message] = []
         self._proposals: list[_Proposal] = []
         self._waiting: dict[int, tuple[int, asyncio.Future[object]]] = {}
@@ -388,7 +394,8 @@ class RaftDriver:
                     rd = self.core.ready()
                     deferred = await self._handle_ready(rd)
                     self.core.advance(deferred=deferred)
-                    if self._after_advance(rd) and self._imaging is None:
+                    if (self._after_advance(rd) and self._imaging is None
+                            and time.monotonic() >= self._snapshot_retry_at):
                         self._start_snapshot()
                     self._drain()
             except asyncio.CancelledError:
@@ -719,10 +726,15 @@ class RaftDriver:
             raise
         except Exception:
             if not self._stopped:
-                log.exception("building a snapshot failed; the next one will be tried later")
+                delay = self.config.snapshot_retry_s * 2 ** min(self._snapshot_failures_in_row, 6)
+                self._snapshot_failures_in_row += 1
+                self._snapshot_retry_at = time.monotonic() + delay
+                log.exception("building a snapshot failed; the next one is tried in %.1f s",
+                              delay)
                 self._metric("snapshot_failures")
             self._imaging = None
             return
+        self._snapshot_failures_in_row = 0
         self._built = snap
         self._last_image_size = len(data)
         self._snapshot_gap = self._next_snapshot_gap()
