@@ -726,12 +726,12 @@ class RaftDriver:
             raise
         except Exception:
             if not self._stopped:
+                self._metric("snapshot_failures")
                 delay = self.config.snapshot_retry_s * 2 ** min(self._snapshot_failures_in_row, 6)
                 self._snapshot_failures_in_row += 1
                 self._snapshot_retry_at = time.monotonic() + delay
                 log.exception("building a snapshot failed; the next one is tried in %.1f s",
                               delay)
-                self._metric("snapshot_failures")
             self._imaging = None
             return
         self._snapshot_failures_in_row = 0
