@@ -33,6 +33,7 @@ class Workload:
 WORKLOADS: tuple[Workload, ...] = (
     Workload("raft", micro.run_raft, "Raft core in memory, no I/O"),
     Workload("storage", micro.run_storage, "WAL appends with fsync vs sqlite3"),
+    Workload("wakeup", micro.run_wakeup, "one process waking another: 2 CPUs vs 1 CPU"),
     Workload("uncontended", uncontended.run, "lock cycle, own lock, 1 and 64 clients"),
     Workload("contended", contended.run, "64 clients on one lock: handovers/s, FIFO"),
     Workload("writes", writes.run, "100-byte SetContents, 64 clients x 100 keys"),

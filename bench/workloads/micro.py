@@ -1,10 +1,11 @@
-"""The in-process micro benchmarks: the Raft core without I/O, and the write-ahead log."""
+"""The micro benchmarks: the Raft core without I/O, the write-ahead log, and the machine's
+wake-up cost."""
 
 from __future__ import annotations
 
 import asyncio
 
-from bench import raft_bench, storage_bench
+from bench import raft_bench, storage_bench, wakeup_bench
 from bench.context import Context
 from bench.results import Result
 
@@ -35,6 +36,25 @@ async def run_storage(ctx: Context) -> list[Result]:
             _num(row["entries_per_s"]), _num(row["p50_ms"]), _num(row["p99_ms"]),
             notes=f"{row['appends_per_s']} fsyncs/s; reload {load.get('entries_per_s', '-')} "
                   "entries/s", figures={**row, "load": load}))
+    return results
+
+
+async def run_wakeup(ctx: Context) -> list[Result]:
+    """One process waking another and back: on two CPUs, on one CPU, and where the
+    scheduler puts them (the cost every hop of a request pays on this machine)."""
+    round_trips = 2_000 if ctx.config.quick else 20_000
+    rows = await asyncio.to_thread(wakeup_bench.run, round_trips)
+    results = []
+    for row in rows:
+        if "skipped" in row:
+            results.append(Result("Wake-up round trip (2 processes)", row["placement"],
+                                  notes=f"skipped: {row['skipped']}", figures=row))
+            continue
+        results.append(Result(
+            "Wake-up round trip (2 processes)", row["placement"], row["round_trips_per_s"],
+            row["p50_us"] / 1000, row["p99_us"] / 1000,
+            notes=f"CPU per round trip: caller {row['caller_cpu_us']} us, "
+                  f"echo {row['echo_cpu_us']} us", figures=row))
     return results
 
 

@@ -35,6 +35,7 @@ def test_quick_run(tmp_path: Path) -> None:
     run = (result.stdout, json.loads(out.read_text()))
     _every_workload_is_in_the_table_and_the_file(run)
     _throughput_workloads_made_progress(run)
+    _wakeup_probe_measured_each_placement(run)
     _contended_lock_reports_fifo_and_exclusion(run)
     _no_session_is_lost(run)
     _failover_files_and_restart(run)
@@ -72,6 +73,18 @@ def _throughput_workloads_made_progress(run: tuple[str, dict[str, Any]]) -> None
         assert row["cpu_pct"] > 0, row
         assert row["figures"]["errors"] == 0, row
     assert [r["figures"]["replicas"] for r in _rows(doc, "scale")] == [5]
+
+
+def _wakeup_probe_measured_each_placement(run: tuple[str, dict[str, Any]]) -> None:
+    _, doc = run
+    rows = {r["size"]: r for r in _rows(doc, "wakeup")}
+    assert set(rows) == {"other CPU", "same CPU", "unpinned"}
+    for placement, row in rows.items():
+        if placement == "other CPU" and "skipped" in row["figures"]:
+            continue  # a one-CPU machine
+        figures = row["figures"]
+        assert row["ops_per_s"] > 0 and figures["p99_us"] >= figures["p50_us"] > 0, row
+        assert figures["caller_cpu_us"] > 0 and figures["echo_cpu_us"] > 0, row
 
 
 def _contended_lock_reports_fifo_and_exclusion(
