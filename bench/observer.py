@@ -58,7 +58,8 @@ class Observer:
             await asyncio.sleep(SAMPLE_S)
             self._lag = max(self._lag, time.perf_counter() - due)
             try:
-                self._samples.append(await asyncio.wait_for(self.api.metrics(METRICS), 1.0))
+                async with asyncio.timeout(1.0):
+                    self._samples.append(await self.api.metrics(METRICS))
             except (ApiError, *TRANSPORT_ERRORS, ValueError):
                 self._unanswered += 1
 

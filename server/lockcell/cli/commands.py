@@ -474,7 +474,8 @@ def _signal_group(pid: int, sig: int) -> None:
 async def _stop(process: asyncio.subprocess.Process, kill_after: float) -> None:
     _signal_group(process.pid, signal.SIGTERM)
     try:
-        await asyncio.wait_for(process.wait(), kill_after)
+        async with asyncio.timeout(kill_after):
+            await process.wait()
     except TimeoutError:
         _signal_group(process.pid, signal.SIGKILL)
         await process.wait()

@@ -531,7 +531,8 @@ class AsyncSession:
                 return
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.001, wake - now + 0.001))
+                async with asyncio.timeout(max(0.001, wake - now + 0.001)):
+                    await self._wake.wait()
 
     async def _keepalive_forever(self) -> None:
         endpoints = self.cell.endpoints
@@ -589,7 +590,8 @@ class AsyncSession:
 
     async def _pause(self, delay: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ended.wait(), delay)
+            async with asyncio.timeout(delay):
+                await self._ended.wait()
 
     async def _verify_locks(self) -> None:
         """After a master failover: are the locks still ours under the same grant?"""
@@ -628,7 +630,8 @@ class AsyncSession:
                 task.cancel()
         if dispatcher is not None and dispatcher is not current:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(asyncio.shield(dispatcher), 5.0)
+                async with asyncio.timeout(5.0):
+                    await asyncio.shield(dispatcher)
         self.cell._forget(self)
 
     # -------------------------------------------------------------- calls
@@ -862,7 +865,8 @@ class AsyncLock(HeldLock):
             if reason is not None:
                 return reason
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.lost_event.wait(), 0.05)
+                async with asyncio.timeout(0.05):
+                    await self.lost_event.wait()
 
     async def release(self) -> None:
         """Release exactly this grant (``?generation=N``). Raises :class:`LockLost` if the

@@ -470,8 +470,9 @@ class CellService:
         hold = min(max(wait_ms or 0, 0) / 1000.0, lease_s * 0.75)
         if hold > 0 and not memory.events:
             memory.wake.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(memory.wake.wait(), hold)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(hold):
+                    await memory.wake.wait()
             if self._sessions.get(session) is not memory:
                 # the session ended or leadership moved while we held the call
                 self._session_memory(session)
@@ -487,8 +488,9 @@ class CellService:
         """Wait up to ``timeout`` for the leader lease (checked with the expiry scan)."""
         if self._lease_back is None or self._lease_back.done():
             self._lease_back = asyncio.get_running_loop().create_future()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._lease_back), timeout)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(self._lease_back)
 
     async def close_session(self, session: str, request_id: str | None) -> None:
         """CloseSession: releases locks (no lock-delay), closes handles."""

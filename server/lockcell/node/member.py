@@ -270,7 +270,8 @@ class Member:
         if not ready:
             return ready, reason
         try:
-            await asyncio.wait_for(self.driver.linearizable_read(), timeout)
+            async with asyncio.timeout(timeout):
+                await self.driver.linearizable_read()
         except (TimeoutError, Unavailable) as exc:
             return False, f"not caught up with the leader ({exc or 'timeout'})"
         return True, "ok"

@@ -205,7 +205,8 @@ class PeerTransport:
             inbound.close()
         if self._server is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await self._server.wait_closed()
 
     def set_peers(self, addresses: dict[NodeId, str]) -> None:
         """Know ``addresses`` (id → host:port); links to peers no longer listed are closed."""
@@ -265,7 +266,8 @@ class PeerTransport:
         link.forwards.append(_ID.pack(request_id) + _encode_request(request))
         self._kick(link)
         try:
-            return await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):
+                return await future
         finally:
             link.pending.pop(request_id, None)
 
@@ -278,7 +280,8 @@ class PeerTransport:
         backoff = 0.05
         while not self._closed:
             try:
-                reader, writer = await asyncio.wait_for(self._connect(link.address), 2.0)
+                async with asyncio.timeout(2.0):
+                    reader, writer = await self._connect(link.address)
             except (TimeoutError, OSError, PeerUnavailableError, DecodeError) as exc:
                 log.debug("cannot reach %s at %s: %s", link.peer, link.address, exc)
                 self._drop_queue(link)
