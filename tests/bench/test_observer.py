@@ -6,9 +6,9 @@ import asyncio
 from typing import Any
 
 import pytest
+from bench.observer import LEADS, Observer
 
 from bench import observer as observer_module
-from bench.observer import LEADS, Observer
 
 pytestmark = pytest.mark.asyncio
 
