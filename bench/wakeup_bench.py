@@ -46,12 +46,14 @@ def measure(placement: str, round_trips: int) -> dict[str, Any]:
     original = os.sched_getaffinity(0)
     child = os.fork()
     if child == 0:  # the echo side: block, wake, answer, until the parent hangs up
-        ours.close()
-        if cpus is not None:
-            os.sched_setaffinity(0, cpus[1])
-        while data := theirs.recv(64):
-            theirs.send(data)
-        os._exit(0)
+        try:
+            ours.close()
+            if cpus is not None:
+                os.sched_setaffinity(0, cpus[1])
+            while data := theirs.recv(64):
+                theirs.send(data)
+        finally:
+            os._exit(0)  # never return into the parent's code
     theirs.close()
     if cpus is not None:
         os.sched_setaffinity(0, cpus[0])
