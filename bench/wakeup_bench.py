@@ -18,11 +18,12 @@ import json
 import os
 import resource
 import socket
-import statistics
 import subprocess
 import sys
 import time
 from typing import Any
+
+from bench.results import percentile
 
 PLACEMENTS = ("other CPU", "same CPU", "unpinned")
 
@@ -85,8 +86,8 @@ def measure(placement: str, round_trips: int) -> dict[str, Any]:
         "placement": placement,
         "round_trips": round_trips,
         "round_trips_per_s": round(round_trips / elapsed, 1),
-        "p50_us": round(1e6 * statistics.median(samples), 1),
-        "p99_us": round(1e6 * samples[int(0.99 * (len(samples) - 1))], 1),
+        "p50_us": round(1e6 * percentile(samples, 50), 1),
+        "p99_us": round(1e6 * percentile(samples, 99), 1),
         "caller_cpu_us": round(1e6 * our_cpu / round_trips, 1),
         "echo_cpu_us": round(1e6 * child_cpu / (round_trips + warm_up), 1),
     }
