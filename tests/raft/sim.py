@@ -24,8 +24,8 @@ with the seed, the tick and the tail of the trace):
 - ReadIndex linearizability: a read's index is at least every index committed before the
   read was requested;
 - leader lease: while a leader's ``lease_anchor_tick()`` plus the minimum election timeout
-  is in the future, no other member leads a later term (checked only while no member has
-  restarted since the anchor, as a restarted member forgets that it heard from a leader);
+  is in the future, no other member leads a later term (also across restarts: a restarted
+  member votes for no one until an election timeout has passed);
 - driver liveness: ``has_ready()`` never keeps reporting work that ``ready()`` does not hand
   out (a driver would spin).
 """
@@ -260,7 +260,6 @@ class Cluster:
         self.digest_by_index: dict[int, int] = {0: 0}
         self.conf_log: list[tuple[int, ConfState]] = [(0, ConfState())]
         self._conf_frontier = 0
-        self.last_restart = -1
         self.reads: dict[bytes, int] = {}
         self.answered_reads: dict[bytes, int] = {}
         self.record_messages = record_messages
@@ -334,7 +333,6 @@ class Cluster:
         old.writes.clear()
         node = self._boot(node_id, old.disk)
         self.nodes[node_id] = node
-        self.last_restart = self.now
         self._log(f"restart {node_id} term={node.raft.term} last={node.raft.log.last_index()} "
                   f"commit={node.raft.log.committed} conf={_conf_text(node.raft.conf)}")
 
@@ -828,7 +826,7 @@ class Cluster:
             at = node.boot_time + anchor
             if at > self.now:
                 self._violation(f"{node.id}: lease anchor {at} is in the future ({self.now})")
-            if self.now >= at + self.election_ticks or self.last_restart >= at:
+            if self.now >= at + self.election_ticks:
                 continue
             for other in alive:
                 if other is not node and other.raft.role is Role.LEADER and (

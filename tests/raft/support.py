@@ -88,6 +88,15 @@ def tick_until(cluster: Cluster, cond: object, max_ticks: int, what: str) -> int
     raise AssertionError(f"{what}: not within {max_ticks} ticks\n{cluster.status_text()}")
 
 
+def past_the_start(cluster: Cluster) -> None:
+    """Let every member run for an election timeout, each cut off from the others. A
+    member votes for no one in its first election timeout (it may have acknowledged a
+    leader just before it restarted); scenarios that start elections at will begin after."""
+    cluster.partition(*([node] for node in cluster.nodes))
+    cluster.tick(cluster.election_ticks)
+    cluster.heal()
+
+
 def lone_raft(node: NodeId, voters: Iterable[NodeId], *, term: int = 1,
               entries: Sequence[Entry] | None = None, commit: int = 1,
               **config: object) -> Raft:

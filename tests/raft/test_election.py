@@ -20,6 +20,7 @@ from .support import (
     log_from_terms,
     lone_raft,
     make_leader,
+    past_the_start,
     sent,
     terms_of,
     tick_until,
@@ -48,6 +49,7 @@ def test_figure7_leader_of_term_8_brings_every_follower_log_in_line() -> None:
     for name, terms in FIG7.items():
         disks[name] = disk_with(voters, terms, term=7)
     cluster = Cluster(voters, seed=7, disks=disks, record_messages=True)
+    past_the_start(cluster)
     lead = cluster.nodes["L"]
     lead.raft.campaign()
     cluster.settle()
@@ -78,6 +80,7 @@ def test_figure7_follower_f_is_repaired_with_few_rejections() -> None:
              "f": disk_with(voters, FIG7["f"], term=7),
              "x": disk_with(voters, FIG7_LEADER, term=7)}
     cluster = Cluster(voters, seed=3, disks=disks, record_messages=True)
+    past_the_start(cluster)
     cluster.nodes["L"].raft.campaign()
     cluster.settle()
     assert cluster.nodes["L"].raft.role is Role.LEADER
@@ -198,6 +201,7 @@ def test_split_vote_neither_wins_then_a_later_term_elects_one() -> None:
     majority, the term ends without a leader, and randomized election timeouts make a
     later term elect exactly one."""
     cluster = Cluster(["a", "b", "c", "d"], seed=11)
+    past_the_start(cluster)
     n = cluster.nodes
     # c hears only a's request for its vote, d only b's (pre-votes pass for both).
     cluster.msg_filter = lambda m: not (

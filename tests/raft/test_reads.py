@@ -235,3 +235,35 @@ def test_lease_is_not_claimed_while_a_sent_timeout_now_can_still_elect_the_targe
         assert cluster.now >= lease_until, (
             f"{lead.id} claimed a lease until tick {lease_until}, but {target.id} leads "
             f"term {target.raft.term} at tick {cluster.now}")
+
+
+def test_a_restarted_member_keeps_the_lease_it_may_have_acknowledged() -> None:
+    """DESIGN §2 leader lease: a majority must not elect anyone for the minimum election
+    timeout after acknowledging a leader. A member that acknowledged the newest round and
+    then restarted has forgotten that it did; unless it waits an election timeout before
+    voting, a member that lost touch with the leader earlier wins its vote at once and
+    leads while the old leader still holds its lease (here: it would within one tick)."""
+    cluster = Cluster(["a", "b", "c"], seed=11, check_lease=False)
+    lead = cluster.wait_leader()
+    cluster.tick(2)
+    acker, loner = followers(cluster, lead)
+    cluster.partition([lead.id, acker.id], [loner.id])
+    cluster.tick(3 * cluster.election_ticks)  # the loner is long past its election timeout
+    assert lead.raft.role is Role.LEADER
+    anchor = lead.raft.lease_anchor_tick()
+    assert anchor is not None
+    lease_until = lead.boot_time + anchor + cluster.election_ticks
+    cluster.partition([lead.id], [acker.id, loner.id])
+    cluster.crash(acker.id)
+    cluster.restart(acker.id)
+    usurper = None
+    for _ in range(4 * cluster.election_ticks):
+        cluster.tick()
+        usurper = next((n for n in cluster.alive()
+                        if n.id != lead.id and n.raft.role is Role.LEADER), None)
+        if usurper is not None:
+            break
+    assert usurper is not None, "the two reachable members never elected a leader"
+    assert cluster.now >= lease_until, (
+        f"{usurper.id} leads term {usurper.raft.term} at tick {cluster.now}, while "
+        f"{lead.id}'s lease runs until tick {lease_until}")

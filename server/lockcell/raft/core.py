@@ -166,6 +166,11 @@ class Raft:
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
         self._randomized_timeout = self._new_election_timeout()
+        self._starting = True
+        """Until an election timeout has passed since this core was built, it votes for no
+        one (unless told to by a leadership transfer): a member that restarts may have
+        acknowledged a leader's heartbeat just before, and that leader's lease counts on
+        it not voting for a minimum election timeout after."""
         self.ticks = 0
         self.transferee: NodeId | None = None
         self._transfer_elapsed = 0
@@ -451,7 +456,7 @@ class Raft:
                 forced = m.context == TRANSFER_CONTEXT
                 in_lease = (
                     self.config.check_quorum
-                    and self.leader is not None
+                    and (self.leader is not None or self._starting)
                     and self._election_elapsed < self.config.election_ticks
                 )
                 if in_lease and not forced:
@@ -868,6 +873,8 @@ class Raft:
 
     def _tick_election(self) -> None:
         self._election_elapsed += 1
+        if self._election_elapsed >= self.config.election_ticks:
+            self._starting = False
         if self.promotable() and self._election_elapsed >= self._randomized_timeout:
             self._election_elapsed = 0
             self._hup(transfer=False)
