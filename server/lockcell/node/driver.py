@@ -340,14 +340,21 @@ class RaftDriver:
         return self.core.status()
 
     def lease_deadline(self) -> float | None:
-        """Monotonic time until which this leader's lease holds (None: no lease)."""
+        """Monotonic time until which this leader's lease holds (None: no lease).
+
+        The round a quorum acknowledged was sent at ``sent_at``; each member of that quorum
+        received it later and votes for no one until ``election_ticks`` of its own ticks
+        have passed since. Its first tick may come at once (ticks are not in phase across
+        members), and the ticks after it at least ``tick_ms`` apart: the promise lasts
+        ``election_ticks - 1`` ticks of the member's clock, less the allowed rate drift.
+        """
         anchor = self.core.lease_anchor_tick()
         if anchor is None:
             return None
         sent_at = self._tick_times.get(anchor)
         if sent_at is None:
             return None
-        span = self.config.election_ticks * self.config.tick_ms / 1000.0
+        span = (self.config.election_ticks - 1) * self.config.tick_ms / 1000.0
         return sent_at + span * (1.0 - self.config.clock_drift) - (
             self.config.lease_margin_ms / 1000.0
         )
@@ -368,15 +375,20 @@ class RaftDriver:
     # ------------------------------------------------------------------ the loop
 
     async def _tick_forever(self) -> None:
+        """One tick per ``tick_ms``, never two closer together on the monotonic clock: a
+        follower counts its promise not to vote (which the leader lease rests on) in
+        ticks, so ticks caught up in a burst after a stall would cut it short. A stalled
+        loop loses the ticks it missed instead."""
         interval = self.config.tick_ms / 1000.0
-        next_at = time.monotonic() + interval
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-            next_at += interval
+            due = last + interval
             now = time.monotonic()
-            self._metric("loop_lag_seconds", max(0.0, now - next_at))
-            if now - next_at > 5 * interval:
-                next_at = now + interval  # we were stalled: do not burst ticks
+            while now < due:
+                await asyncio.sleep(due - now)
+                now = time.monotonic()
+            self._metric("loop_lag_seconds", now - due)
+            last = now
             self._pending_ticks += 1
             self._wake.set()
 
