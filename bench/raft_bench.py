@@ -45,6 +45,15 @@ def run(quick: bool = False, size: int = 3, batch: int = 64, payload: int = 100,
     """Propose ``batch`` entries per round through the leader; report commits per second."""
     nodes = _cluster(size)
     leader = nodes["n0"]
+    # A member votes for no one in its first election timeout: let it pass in silence
+    # (campaigns started meanwhile go nowhere), then elect n0.
+    for _ in range(leader.config.election_ticks):
+        for node in nodes.values():
+            node.tick()
+    for node in nodes.values():
+        if node.has_ready():
+            node.ready()
+            node.advance()
     leader.campaign()
     _pump(nodes)
     assert leader.role is Role.LEADER
