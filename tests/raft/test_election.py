@@ -355,3 +355,52 @@ def test_status_shows_answering_followers_active_at_every_tick() -> None:
                      for m in sent if m.type is MessageType.HEARTBEAT and m.to == "b"]
     assert inactive_at is not None and inactive_at <= 2 * 10 + 1
     assert raft.role is Role.LEADER
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_members_that_saw_their_leader_go_elect_one_as_their_promise_ends(seed: int) -> None:
+    """A member told that its leader's process is gone campaigns exactly an election
+    timeout after it last heard from it (without the report: after a random 1-2 timeouts),
+    and the members do so one tick apart in id order, so the first wins without a split
+    vote. The dead leader's lease still holds until then (the simulation checks it)."""
+    cluster = Cluster(["a", "b", "c"], seed=seed)
+    lead = cluster.wait_leader()
+    cluster.tick(3)  # a heartbeat each tick: the followers heard from it this tick
+    cluster.crash(lead.id)
+    for node in cluster.alive():
+        node.raft.report_gone(lead.id)
+    took = tick_until(cluster, lambda: cluster.leader() is not None,
+                      3 * cluster.election_ticks, "a new leader")
+    assert took == cluster.election_ticks
+    new = cluster.leader()
+    assert new is not None and new.id == min(n.id for n in cluster.alive())
+    assert new.raft.term == lead.raft.term + 1
+
+
+def test_a_report_that_a_live_leader_is_gone_changes_nothing() -> None:
+    """A wrong report (say a firewall that resets connections) must not cost the leader
+    its place: the member keeps hearing it, so its election timer never runs out."""
+    cluster = Cluster(["a", "b", "c"], seed=4)
+    lead = cluster.wait_leader()
+    cluster.tick(2)
+    term = lead.raft.term
+    for node in followers(cluster, lead):
+        node.raft.report_gone(lead.id)
+        node.raft.report_gone("nobody")
+    cluster.tick(3 * cluster.election_ticks)
+    assert cluster.leader() is lead and lead.raft.term == term
+    assert all(n.raft.term == term for n in cluster.alive())
+
+
+def test_a_report_about_a_follower_does_not_hurry_anyone() -> None:
+    """Only the leader's going matters: a member told a fellow follower is gone keeps its
+    random election timeout once the leader falls silent too."""
+    cluster = Cluster(["a", "b", "c", "d", "e"], seed=6)
+    lead = cluster.wait_leader()
+    cluster.tick(2)
+    rest = followers(cluster, lead)
+    cluster.crash(rest[0].id)
+    before = {n.id: n.raft._randomized_timeout for n in rest[1:]}
+    for node in rest[1:]:
+        node.raft.report_gone(rest[0].id)
+    assert {n.id: n.raft._randomized_timeout for n in rest[1:]} == before

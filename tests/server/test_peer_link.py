@@ -34,10 +34,12 @@ class Member:
 
     def __init__(self) -> None:
         self.received: list[Message] = []
+        self.gone: list[str] = []
         self.transport = PeerTransport("m1", "demo", "s3cret", on_raft=self.received.extend,
                                        on_forward=self.answer,
                                        report_unreachable=lambda _peer: None,
-                                       report_snapshot=lambda _peer, _ok: None)
+                                       report_snapshot=lambda _peer, _ok: None,
+                                       report_gone=self.gone.append)
         self.port = 0
 
     async def answer(self, request: ForwardedRequest) -> ForwardedReply:
@@ -156,5 +158,61 @@ async def test_two_transports_replicate_over_a_dialled_link(member: Member) -> N
         reply = await sender.forward("m1", ForwardedRequest("GET", "/v1/cluster", "", {}, b""),
                                      5.0)
         assert reply.body == b"GET /v1/cluster?"
+    finally:
+        await sender.close()
+
+
+async def _listening_sender(member: Member) -> PeerTransport:
+    """A transport "m0" that listens, has dialled ``member`` and delivered to it."""
+    sender = PeerTransport("m0", "demo", "s3cret", on_raft=lambda _: None,
+                           on_forward=member.answer, report_unreachable=lambda _peer: None,
+                           report_snapshot=lambda _peer, _ok: None)
+    port = await sender.listen("127.0.0.1", 0)
+    sender.advertised_address = f"127.0.0.1:{port}"
+    sender.set_peers({"m1": f"127.0.0.1:{member.port}"})
+    sender.send(_appends(1, 3))
+    await _until(lambda: len(member.received) == 3)
+    return sender
+
+
+async def test_a_peer_whose_link_closes_and_whose_address_refuses_is_reported_gone(
+        member: Member) -> None:
+    """Its process went away (here: it shut down): the link it dialled closed and nothing
+    listens at its address any more."""
+    sender = await _listening_sender(member)
+    await sender.close()
+    await _until(lambda: member.gone == ["m0"], timeout=3.0)
+    await asyncio.sleep(0.5)
+    assert member.gone == ["m0"]  # reported once
+
+
+@pytest.mark.parametrize("redials", [True, False])
+async def test_a_peer_that_still_listens_is_not_reported_gone(member: Member,
+                                                              redials: bool) -> None:
+    """Only its link dropped: it dials again at once, or it does not but its address
+    still answers every probe. Nothing is reported."""
+    sender = await _listening_sender(member)
+    try:
+        writer = sender._links["m1"].writer
+        assert writer is not None
+        probes = 0
+        real_probe = member.transport._probe_gone
+
+        async def counted(peer_id: str, address: str) -> None:
+            nonlocal probes
+            probes += 1
+            await real_probe(peer_id, address)
+
+        member.transport._probe_gone = counted  # type: ignore[method-assign]
+        if redials:
+            writer.transport.abort()
+        else:
+            sender.set_peers({})  # drops the link for good; still listening
+        await _until(lambda: probes == 1)
+        await asyncio.sleep(sum(peer.GONE_PROBES_S) + 0.3)
+        assert member.gone == []
+        sender.set_peers({"m1": f"127.0.0.1:{member.port}"})
+        sender.send(_appends(4, 1))  # and it comes back
+        await _until(lambda: len(member.received) == 4)
     finally:
         await sender.close()

@@ -121,6 +121,8 @@ class Member:
                 lambda: self.driver.core.report_unreachable(peer)),
             report_snapshot=lambda peer, ok: self.driver.call(
                 lambda: self.driver.core.report_snapshot(peer, ok)),
+            report_gone=lambda peer: self.driver.call(
+                lambda: self.driver.core.report_gone(peer)),
         )
         self.transport.advertised_address = _peer_address(config.advertised_peer_url)
         self._join_task: asyncio.Task[None] | None = None

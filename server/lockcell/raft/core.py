@@ -256,6 +256,20 @@ class Raft:
         """The driver could not deliver to ``peer``: stop streaming to it optimistically."""
         self.step(Message(MessageType.UNREACHABLE, to=self.id, sender=peer))
 
+    def report_gone(self, peer: NodeId) -> None:
+        """The driver saw ``peer``'s process go away: the link it dialled to us closed and
+        its address now refuses connections. If it is our leader, campaign as soon as the
+        promise not to vote that we gave it ends (an election timeout after we last heard
+        from it) instead of after a random extra wait of up to another timeout. The
+        promise itself stands, and with it the dead leader's lease; the members that saw
+        it go campaign one tick apart, in id order, so they do not split the vote."""
+        if self.role is Role.LEADER or peer != self.leader or not self.promotable():
+            return
+        others = sorted(voter for voter in self.conf.all_voters() if voter != peer)
+        rank = others.index(self.id) if self.id in others else len(others)
+        self._randomized_timeout = min(self._randomized_timeout,
+                                       self.config.election_ticks + rank)
+
     def report_snapshot(self, peer: NodeId, ok: bool) -> None:
         """The driver finished (or failed) sending a snapshot to ``peer``."""
         self.step(Message(MessageType.SNAPSHOT_STATUS, to=self.id, sender=peer, reject=not ok))

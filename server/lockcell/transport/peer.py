@@ -36,6 +36,10 @@ HELLO_TIMEOUT_S = 5.0
 """An inbound link that has not said HELLO by then is closed."""
 MAX_HELLO = 64 << 10
 """Largest first frame accepted from a peer that has not proven the cell's secret yet."""
+GONE_PROBES_S = (0.02, 0.1, 0.3)
+"""After a peer's link to us closes, its address is dialled after each of these pauses; a
+refused connection means nothing listens there any more: its process is gone."""
+PROBE_TIMEOUT_S = 0.5
 
 
 class PeerUnavailableError(ConnectionError):
@@ -164,6 +168,7 @@ class PeerTransport:
         on_forward: ForwardHandler,
         report_unreachable: Callable[[NodeId], None],
         report_snapshot: ReportFn,
+        report_gone: Callable[[NodeId], None] | None = None,
     ) -> None:
         self.self_id = self_id
         self.cell = cell
@@ -172,6 +177,8 @@ class PeerTransport:
         self._on_forward = on_forward
         self._report_unreachable = report_unreachable
         self._report_snapshot = report_snapshot
+        self._report_gone = report_gone
+        self._probing: dict[NodeId, asyncio.Task[None]] = {}
         self._links: dict[NodeId, _Link] = {}
         self._server: asyncio.base_events.Server | None = None
         self._inbound: set[_InboundLink] = set()
@@ -203,6 +210,8 @@ class PeerTransport:
                 link.writer.close()
         for inbound in list(self._inbound):
             inbound.close()
+        for probe in self._probing.values():
+            probe.cancel()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(1.0):
@@ -377,9 +386,10 @@ class PeerTransport:
 
     # ------------------------------------------------------------------ receiving
 
-    def _check_hello(self, kind: int, payload: bytes) -> bool:
-        """Whether an inbound link's first frame is a HELLO of this cell with its secret
-        (the peer's address is learnt from it)."""
+    def _check_hello(self, kind: int, payload: bytes) -> NodeId | None:
+        """The sender's id ("" if it gave none) when an inbound link's first frame is a
+        HELLO of this cell with its secret (the peer's address is learnt from it); None
+        when it is not."""
         try:
             hello = json.loads(payload) if kind == FRAME_HELLO else {}
         except ValueError:
@@ -393,11 +403,50 @@ class PeerTransport:
         )
         if not ok:
             self.refused_connections += 1
-            return False
+            return None
         sender, address = hello.get("from"), hello.get("address")
-        if isinstance(sender, str) and isinstance(address, str) and address:
+        if not isinstance(sender, str):
+            return ""
+        if isinstance(address, str) and address:
             self._learn(sender, address)
-        return True
+        return sender
+
+    def _inbound_closed(self, peer: NodeId) -> None:
+        """``peer``'s link to us closed: find out whether its process is gone."""
+        if (self._closed or self._report_gone is None or peer in self._probing
+                or any(link.peer == peer for link in self._inbound)):
+            return
+        address = self._known.get(peer) or (
+            self._links[peer].address if peer in self._links else None)
+        if address is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._probe_gone(peer, address))
+        self._probing[peer] = task
+        task.add_done_callback(lambda _task: self._probing.pop(peer, None))
+
+    async def _probe_gone(self, peer: NodeId, address: str) -> None:
+        """Dial ``address`` a few times; report ``peer`` gone once a dial is refused. A dial
+        that connects (the listener may outlive the links by a moment while a process
+        exits) tries again; one that fails otherwise (a timeout, no route) proves nothing."""
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            return
+        for pause in GONE_PROBES_S:
+            await asyncio.sleep(pause)
+            if self._closed or any(link.peer == peer for link in self._inbound):
+                return  # it dialled us again: alive
+            try:
+                async with asyncio.timeout(PROBE_TIMEOUT_S):
+                    _, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+            except ConnectionRefusedError:
+                log.info("member %s is gone: its link closed and %s refuses connections",
+                         peer, address)
+                if self._report_gone is not None:
+                    self._report_gone(peer)
+                return
+            except (TimeoutError, OSError):
+                return
+            writer.close()
 
     def _learn(self, peer: NodeId, address: str) -> None:
         """Remember how to answer a peer that dialled us before we knew its address
@@ -428,6 +477,8 @@ class _InboundLink(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._greeted = False
+        self.peer: NodeId = ""
+        """Who dialled (from its HELLO; "" until then)."""
         self._hello_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -440,6 +491,8 @@ class _InboundLink(asyncio.Protocol):
         self._transport = None
         if self._hello_timer is not None:
             self._hello_timer.cancel()
+        if self.peer:
+            self._owner._inbound_closed(self.peer)
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
@@ -473,11 +526,13 @@ class _InboundLink(asyncio.Protocol):
             if self._hello_timer is not None:
                 self._hello_timer.cancel()
                 self._hello_timer = None
-            if not owner._check_hello(kind, payload):
+            sender = owner._check_hello(kind, payload)
+            if sender is None:
                 self.write(frame(FRAME_REFUSED, b"peer secret or cell name mismatch"))
                 self.close()
                 return
             self._greeted = True
+            self.peer = sender
             self.write(frame(FRAME_HELLO_OK, b""))
         elif kind == FRAME_RAFT:
             try:
