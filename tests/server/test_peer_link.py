@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -214,5 +215,27 @@ async def test_a_peer_that_still_listens_is_not_reported_gone(member: Member,
         sender.set_peers({"m1": f"127.0.0.1:{member.port}"})
         sender.send(_appends(4, 1))  # and it comes back
         await _until(lambda: len(member.received) == 4)
+    finally:
+        await sender.close()
+
+
+async def test_a_forward_to_a_peer_being_redialled_fails_at_once() -> None:
+    """While a link waits out its redial backoff (up to a second), a forwarded call does
+    not wait with it: it fails at once, so the client can try again (at a new leader)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]  # nothing listens here once closed
+    sender = PeerTransport("m0", "demo", "s3cret", on_raft=lambda _: None,
+                           on_forward=lambda _r: asyncio.sleep(0, ForwardedReply(200, {}, b"")),
+                           report_unreachable=lambda _peer: None,
+                           report_snapshot=lambda _peer, _ok: None)
+    sender.set_peers({"m1": f"127.0.0.1:{dead}"})
+    request = ForwardedRequest("PUT", "/v1/x", "", {}, b"")
+    try:
+        with pytest.raises(peer.PeerUnavailableError, match="lost"):
+            await sender.forward("m1", request, 5.0)  # waits for the first dial
+        for _ in range(3):
+            with pytest.raises(peer.PeerUnavailableError, match="dialling again"):
+                await sender.forward("m1", request, 5.0)
     finally:
         await sender.close()

@@ -149,6 +149,8 @@ class _Link:
     writer: asyncio.StreamWriter | None = None
     pending: dict[int, asyncio.Future[ForwardedReply]] = field(default_factory=dict)
     forwards: list[bytes] = field(default_factory=list)
+    failing: bool = False
+    """The last dial failed and the link waits to dial again."""
 
 
 class PeerTransport:
@@ -268,6 +270,10 @@ class PeerTransport:
         link = self._links.get(peer)
         if link is None:
             raise PeerUnavailableError(f"no address for member {peer}")
+        if link.failing and link.writer is None:
+            # Fail now rather than wait out the redial's backoff (up to a second): the
+            # caller answers 503 and the client tries again, perhaps at a new leader.
+            raise PeerUnavailableError(f"cannot reach member {peer}; dialling again")
         self._next_id += 1
         request_id = self._next_id
         future: asyncio.Future[ForwardedReply] = asyncio.get_running_loop().create_future()
@@ -293,6 +299,7 @@ class PeerTransport:
                     reader, writer = await self._connect(link.address)
             except (TimeoutError, OSError, PeerUnavailableError, DecodeError) as exc:
                 log.debug("cannot reach %s at %s: %s", link.peer, link.address, exc)
+                link.failing = True
                 self._drop_queue(link)
                 self._fail_pending(link)
                 await asyncio.sleep(backoff)
@@ -301,6 +308,7 @@ class PeerTransport:
                     await link.wake.wait()
                 continue
             backoff = 0.05
+            link.failing = False
             link.writer = writer
             replies = asyncio.get_running_loop().create_task(self._read_replies(link, reader))
             try:
