@@ -489,3 +489,22 @@ def test_members_say_whether_they_hear_from_their_leader(cell: LocalCell) -> Non
         heal(cell)
     wait_until(lambda: view(lone)["leader_in_contact"] is True, 30,
                message="contact again once the cell is whole")
+
+
+def test_a_leader_stopped_by_sigterm_hands_leadership_over_first(cell: LocalCell) -> None:
+    """A rolling restart stops the leader with SIGTERM: it hands leadership to another
+    voter before it exits, so when its process is gone the others already follow a new
+    leader (without the hand-over they would keep naming the dead one for an election
+    timeout) and a write succeeds at once."""
+    leader = serving_leader(cell)
+    old_id = str(view(leader)["self"]["id"])
+    old_term = int(view(leader)["term"])
+    kill(leader, signal.SIGTERM)  # returns once the process has exited
+    survivors = [m for m in cell.members if m is not leader]
+    views = [view(m) for m in survivors]
+    assert all(v["leader"] not in (None, old_id) for v in views), views
+    assert {v["leader"] for v in views} == {views[0]["leader"]}
+    assert all(int(v["term"]) == old_term + 1 for v in views)
+    api = Api(survivors[0].url, retry=0, timeout=5)
+    session = api.session()
+    expect(api.open(session, f"{ROOT}/{uniq('handover')}", "file", data=b"x"), (200, 201))

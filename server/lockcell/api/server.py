@@ -28,7 +28,7 @@ def raise_file_limit(wanted: int = WANTED_FILE_DESCRIPTORS) -> int:
 
 
 async def serve(config: MemberConfig, ready: asyncio.Event | None = None) -> None:
-    """Run a member until SIGTERM/SIGINT."""
+    """Run a member until SIGTERM (a leader hands over first) or SIGINT."""
     limit = raise_file_limit()
     member = Member(config)
     api = HttpApi(member)
@@ -40,15 +40,25 @@ async def serve(config: MemberConfig, ready: asyncio.Event | None = None) -> Non
              member.id, config.cell, config.advertised_client_url,
              config.advertised_peer_url, limit)
     stop = asyncio.Event()
+    received: list[int] = []
+
+    def stop_on(sig: int) -> None:
+        received.append(sig)
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, stop_on, sig)
     if ready is not None:
         ready.set()
     try:
         await stop.wait()
-    finally:
         log.info("member %s stopping", member.id)
+        if received[:1] != [signal.SIGINT]:
+            # SIGTERM (a rolling restart): the cell goes on, so a leader hands over first.
+            # SIGINT (Ctrl-C on a local cell, which stops every member): it need not.
+            await member.hand_over()
+    finally:
         await http.close()
         await member.stop()

@@ -170,11 +170,12 @@ class LocalCell:
                 member.process.wait(timeout=30)
 
     def stop(self) -> None:
-        """Stop every member (SIGTERM, then SIGKILL)."""
+        """Stop every member (SIGINT: the whole cell stops, no leader hands over; then
+        SIGKILL)."""
         for member in self.members:
             if member.process is not None and member.process.poll() is None:
                 member.process.send_signal(signal.SIGCONT)
-                member.process.terminate()
+                member.process.send_signal(signal.SIGINT)
         for member in self.members:
             if member.process is not None:
                 try:
