@@ -83,6 +83,10 @@ class BenchCell:
         """kill -9 one member and reap it."""
         self.local.kill(member, signal.SIGKILL)
 
+    def stop_member(self, member: LocalMember, sig: int = signal.SIGTERM) -> None:
+        """Signal one member (SIGTERM: it stops as it would in a rolling restart) and reap it."""
+        self.local.kill(member, sig)
+
     def restart(self, member: LocalMember) -> None:
         """Start a stopped member's process again on its data directory."""
         self.local.start_member(member)

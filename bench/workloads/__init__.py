@@ -40,6 +40,7 @@ WORKLOADS: tuple[Workload, ...] = (
     Workload("keepalive", keepalive.run, "1000 sessions x 1 KeepAlive/s, server CPU"),
     Workload("longpoll", longpoll.run, "10,000 sessions on long-poll KeepAlive"),
     Workload("failover", failover.run, "leader kill -9 -> first write, 20 trials"),
+    Workload("handover", failover.run_handover, "leader SIGTERM -> first write, 20 trials"),
     Workload("files", files.run, "1 million small files: time, RSS"),
     Workload("restart", restart.run, "follower restart with the files and a long log"),
     Workload("scale", scale.run, "throughput with 5 and 7 replicas"),

@@ -1,10 +1,12 @@
-"""Leader failover: kill -9 the leader, time until the first write succeeds again."""
+"""Leader failover: kill -9 the leader (or stop it with SIGTERM, as a rolling restart
+does), time until the first write succeeds again."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
 import contextlib
+import signal
 import statistics
 import time
 from dataclasses import dataclass
@@ -32,10 +34,20 @@ class Trial:
 
 async def run(ctx: Context) -> list[Result]:
     """``failover_trials`` kills of the leader; the killed member restarts between trials."""
+    return await _trials(ctx, signal.SIGKILL, "leader kill -9 → first write")
+
+
+async def run_handover(ctx: Context) -> list[Result]:
+    """``failover_trials`` SIGTERMs of the leader, which hands leadership over as it stops."""
+    return await _trials(ctx, signal.SIGTERM, "leader SIGTERM → first write")
+
+
+async def _trials(ctx: Context, sig: signal.Signals, label: str) -> list[Result]:
     cell = await ctx.cell3()
     root = f"/ls/local/{ctx.unique('failover')}"
     await ensure_dir(await ctx.leader_api(cell), root)
-    trials = [await _trial(ctx, cell, root, n) for n in range(ctx.config.failover_trials)]
+    trials = [await _trial(ctx, cell, root, n, sig)
+              for n in range(ctx.config.failover_trials)]
     times = [t.seconds for t in trials if t.seconds is not None]
     failures: collections.Counter[str] = collections.Counter()
     for t in trials:
@@ -47,7 +59,7 @@ async def run(ctx: Context) -> list[Result]:
              f"max {_s(worst)}; during the gap: "
              + (", ".join(f"{k} x{v}" for k, v in failures.most_common(4)) or "no errors"))
     return [Result(
-        "leader kill -9 → first write", f"{len(trials)} trials", None,
+        label, f"{len(trials)} trials", None,
         None if median is None else round(median * 1000, 1), None, ok=ok, notes=notes,
         figures={"trials": len(trials), "succeeded": len(times),
                  "median_s": median, "max_s": worst,
@@ -57,7 +69,8 @@ async def run(ctx: Context) -> list[Result]:
                  "failures_during_gap": dict(failures)})]
 
 
-async def _trial(ctx: Context, cell: BenchCell, root: str, number: int) -> Trial:
+async def _trial(ctx: Context, cell: BenchCell, root: str, number: int,
+                 sig: signal.Signals) -> Trial:
     await asyncio.to_thread(cell.wait_ready)
     leader = await asyncio.to_thread(cell.leader)
     api = ctx.api(leader)
@@ -83,13 +96,20 @@ async def _trial(ctx: Context, cell: BenchCell, root: str, number: int) -> Trial
             await asyncio.sleep(0.01)
 
     killed_at = time.perf_counter()
-    cell.kill(leader)
+    stopping: asyncio.Task[None] | None = None
+    if sig is signal.SIGKILL:
+        cell.kill(leader)
+    else:
+        # the writers start as the signal goes out: the leader hands over while it stops
+        stopping = asyncio.create_task(asyncio.to_thread(cell.stop_member, leader, sig))
     tasks = [asyncio.create_task(writer(ctx.api(m))) for m in survivors]
     done, pending = await asyncio.wait(tasks, timeout=GIVE_UP_S,
                                        return_when=asyncio.FIRST_COMPLETED)
     for task in pending:
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
+    if stopping is not None:
+        await stopping
     seconds = min(t.result() for t in done) - killed_at if done else None
     new_leader = None
     with contextlib.suppress(RuntimeError, OSError):

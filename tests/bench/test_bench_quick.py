@@ -112,10 +112,11 @@ def _no_session_is_lost(run: tuple[str, dict[str, Any]]) -> None:
 
 def _failover_files_and_restart(run: tuple[str, dict[str, Any]]) -> None:
     _, doc = run
-    (failover,) = _rows(doc, "failover")
-    assert failover["figures"]["trials"] == 2
-    assert failover["figures"]["succeeded"] == 2
-    assert 0 < failover["figures"]["median_s"] <= failover["figures"]["max_s"] < 60
+    for group in ("failover", "handover"):
+        (failover,) = _rows(doc, group)
+        assert failover["figures"]["trials"] == 2
+        assert failover["figures"]["succeeded"] == 2
+        assert 0 < failover["figures"]["median_s"] <= failover["figures"]["max_s"] < 60
     (files,) = _rows(doc, "files")
     assert files["figures"]["files"] == 2000
     assert files["figures"]["leader_rss_mib"] > 0 and files["figures"]["follower_rss_mib"] > 0
