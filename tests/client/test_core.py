@@ -369,6 +369,17 @@ def test_backoff_is_bounded() -> None:
     assert all(0.025 <= d <= 1.0 for d in delays)
 
 
+def test_a_call_retries_sooner_while_the_cell_answers() -> None:
+    """A 503 (or members naming no live leader) means an election is under way: retries
+    come at least every 0.25 s; when nothing answers, the pauses grow to a second."""
+    rng = random.Random(2)
+    answered = [core.retry_delay(n, rng, cell_answered=True) for n in range(1, 200)]
+    silent = [core.retry_delay(n, rng, cell_answered=False) for n in range(1, 200)]
+    assert all(0.025 <= d <= core.RETRY_CAP_ANSWERED_S for d in answered)
+    assert all(0.025 <= d <= core.RETRY_CAP_SILENT_S for d in silent)
+    assert max(silent) > 0.9 and max(answered) > 0.2
+
+
 # ---------------------------------------------------------------------- sequencers and fencing
 
 

@@ -184,6 +184,7 @@ class AsyncCell:
             timeout = base + current.wait_ms / 1000.0
             url = await self.target()
             error: LockcellError
+            answered = url is None and self._discovery_answered
             if url is None:
                 error = Unavailable("no member knows a live leader yet")
             else:
@@ -200,13 +201,15 @@ class AsyncCell:
                         return core.check_answer(current, answer)
                     self.endpoints.failed(url, answer.leader)
                     error = error_from_answer(answer.status, answer.body)
+                    answered = True
             attempt += 1
             log.debug("%s %s: attempt %d via %s failed: %s", current.method, current.path,
                       attempt, url, error)
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise error
-            await asyncio.sleep(min(remaining, core.backoff_delay(attempt, self.rng)))
+            await asyncio.sleep(min(remaining, core.retry_delay(attempt, self.rng,
+                                                                cell_answered=answered)))
 
     async def discover(self, *, quiet: bool = False) -> ClusterView | None:
         """Ask every known member for ``GET /v1/cluster`` (at once); learn the members and

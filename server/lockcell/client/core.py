@@ -227,6 +227,20 @@ def backoff_delay(attempt: int, rng: random.Random, base: float = 0.05,
     return max(base / 2, rng.uniform(0, ceiling))
 
 
+RETRY_CAP_ANSWERED_S = 0.25
+"""Longest pause before retrying a call when the cell answered (503, or members that name
+no live leader): an election is under way and a leader comes within moments, so the call
+should not sleep through its first second."""
+RETRY_CAP_SILENT_S = 1.0
+"""Longest pause when nothing answered (connection errors, timeouts)."""
+
+
+def retry_delay(attempt: int, rng: random.Random, *, cell_answered: bool) -> float:
+    """Seconds to wait before a call's retry ``attempt`` (1-based)."""
+    cap = RETRY_CAP_ANSWERED_S if cell_answered else RETRY_CAP_SILENT_S
+    return backoff_delay(attempt, rng, cap=cap)
+
+
 # ---------------------------------------------------------------------- values
 
 
