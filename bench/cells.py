@@ -83,9 +83,15 @@ class BenchCell:
         """kill -9 one member and reap it."""
         self.local.kill(member, signal.SIGKILL)
 
-    def stop_member(self, member: LocalMember, sig: int = signal.SIGTERM) -> None:
-        """Signal one member (SIGTERM: it stops as it would in a rolling restart) and reap it."""
-        self.local.kill(member, sig)
+    def signal_member(self, member: LocalMember, sig: int = signal.SIGTERM) -> None:
+        """Send a signal to one member (SIGTERM: it stops as in a rolling restart)."""
+        assert member.process is not None
+        member.process.send_signal(sig)
+
+    def reap(self, member: LocalMember, timeout: float = 30.0) -> None:
+        """Wait until a signalled member's process has exited."""
+        assert member.process is not None
+        member.process.wait(timeout=timeout)
 
     def restart(self, member: LocalMember) -> None:
         """Start a stopped member's process again on its data directory."""

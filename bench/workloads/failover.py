@@ -100,8 +100,10 @@ async def _trial(ctx: Context, cell: BenchCell, root: str, number: int,
     if sig is signal.SIGKILL:
         cell.kill(leader)
     else:
-        # the writers start as the signal goes out: the leader hands over while it stops
-        stopping = asyncio.create_task(asyncio.to_thread(cell.stop_member, leader, sig))
+        # The signal is out before the first write leaves (no write can reach the leader
+        # before it knows it is stopping); it hands over while the writers try.
+        cell.signal_member(leader, sig)
+        stopping = asyncio.create_task(asyncio.to_thread(cell.reap, leader))
     tasks = [asyncio.create_task(writer(ctx.api(m))) for m in survivors]
     done, pending = await asyncio.wait(tasks, timeout=GIVE_UP_S,
                                        return_when=asyncio.FIRST_COMPLETED)
