@@ -24,6 +24,7 @@ from .kit import (
     followers,
     heal,
     kill,
+    member_id,
     request,
     rid,
     serving_leader,
@@ -508,3 +509,22 @@ def test_a_leader_stopped_by_sigterm_hands_leadership_over_first(cell: LocalCell
     api = Api(survivors[0].url, retry=0, timeout=5)
     session = api.session()
     expect(api.open(session, f"{ROOT}/{uniq('handover')}", "file", data=b"x"), (200, 201))
+
+
+def test_the_members_see_a_killed_leader_go(cell: LocalCell) -> None:
+    """kill -9: the link the leader dialled to each member closes and its address refuses
+    connections, so each member knows the process is gone (and campaigns as soon as its
+    promise to it ends, rather than after a random wait); a new leader follows."""
+    leader = serving_leader(cell)
+    gone = f"member {member_id(leader)} is gone"
+    survivors = followers(cell, leader)
+
+    def reports() -> list[int]:
+        return [(cell.root / "logs" / f"member-{m.index}.log").read_text().count(gone)
+                for m in survivors]
+
+    before = reports()
+    kill(leader, signal.SIGKILL)
+    wait_until(lambda: all(n > b for n, b in zip(reports(), before, strict=True)), 10,
+               message="every survivor to report the killed leader gone")
+    assert _new_leader(cell, leader) in survivors
