@@ -167,10 +167,11 @@ class Raft:
         self._heartbeat_elapsed = 0
         self._randomized_timeout = self._new_election_timeout()
         self._starting = True
-        """Until an election timeout has passed since this core was built, it votes for no
-        one (unless told to by a leadership transfer): a member that restarts may have
-        acknowledged a leader's heartbeat just before, and that leader's lease counts on
-        it not voting for a minimum election timeout after."""
+        """Until an election timeout has passed since this core was built (or it follows a
+        leader, whose own lease rule then applies), it votes for no one unless told to by
+        a leadership transfer: a member that restarts may have acknowledged a leader's
+        heartbeat just before, and that leader's lease counts on it not voting for a
+        minimum election timeout after."""
         self.ticks = 0
         self.transferee: NodeId | None = None
         self._transfer_elapsed = 0
@@ -887,8 +888,8 @@ class Raft:
 
     def _tick_election(self) -> None:
         self._election_elapsed += 1
-        if self._election_elapsed >= self.config.election_ticks:
-            self._starting = False
+        if self._election_elapsed >= self.config.election_ticks or self.leader is not None:
+            self._starting = False  # the timeout passed, or a leader since then counts
         if self.promotable() and self._election_elapsed >= self._randomized_timeout:
             self._election_elapsed = 0
             self._hup(transfer=False)
