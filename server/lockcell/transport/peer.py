@@ -92,6 +92,14 @@ def _decode_reply(payload: bytes) -> ForwardedReply:
                           payload[4 + n :])
 
 
+def _host_port(address: str) -> tuple[str, int]:
+    """``host:port`` (host possibly ``[v6]``) → what ``open_connection`` takes."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise PeerUnavailableError(f"not a peer address (host:port): {address!r}")
+    return host.strip("[]"), int(port)
+
+
 def frame(kind: int, payload: bytes) -> bytes:
     """One length-prefixed frame."""
     return _FRAME.pack(len(payload), kind) + payload
@@ -325,11 +333,8 @@ class PeerTransport:
     async def _connect(
         self, address: str
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        host, _, port = address.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise PeerUnavailableError(f"not a peer address (host:port): {address!r}")
-        reader, writer = await asyncio.open_connection(host.strip("[]"), int(port),
-                                                       limit=MAX_FRAME)
+        host, port = _host_port(address)
+        reader, writer = await asyncio.open_connection(host, port, limit=MAX_FRAME)
         hello = json.dumps({"protocol": PROTOCOL, "cell": self.cell, "from": self.self_id,
                             "address": self.advertised_address,
                             "secret": self._secret}).encode()
@@ -421,14 +426,11 @@ class PeerTransport:
 
     def _inbound_closed(self, peer: NodeId) -> None:
         """``peer``'s link to us closed: find out whether its process is gone."""
-        if (self._closed or self._report_gone is None or peer in self._probing
-                or any(link.peer == peer for link in self._inbound)):
+        link = self._links.get(peer)
+        if (self._closed or self._report_gone is None or link is None
+                or peer in self._probing or self._dialled_by(peer)):
             return
-        address = self._known.get(peer) or (
-            self._links[peer].address if peer in self._links else None)
-        if address is None:
-            return
-        task = asyncio.get_running_loop().create_task(self._probe_gone(peer, address))
+        task = asyncio.get_running_loop().create_task(self._probe_gone(peer, link.address))
         self._probing[peer] = task
         task.add_done_callback(lambda _task: self._probing.pop(peer, None))
 
@@ -436,25 +438,26 @@ class PeerTransport:
         """Dial ``address`` a few times; report ``peer`` gone once a dial is refused. A dial
         that connects (the listener may outlive the links by a moment while a process
         exits) tries again; one that fails otherwise (a timeout, no route) proves nothing."""
-        host, _, port = address.rpartition(":")
-        if not host or not port.isdigit():
-            return
         for pause in GONE_PROBES_S:
             await asyncio.sleep(pause)
-            if self._closed or any(link.peer == peer for link in self._inbound):
+            if self._closed or self._dialled_by(peer):
                 return  # it dialled us again: alive
             try:
                 async with asyncio.timeout(PROBE_TIMEOUT_S):
-                    _, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+                    _, writer = await asyncio.open_connection(*_host_port(address))
             except ConnectionRefusedError:
                 log.info("member %s is gone: its link closed and %s refuses connections",
                          peer, address)
                 if self._report_gone is not None:
                     self._report_gone(peer)
                 return
-            except (TimeoutError, OSError):
+            except (TimeoutError, OSError):  # (a bad address raises PeerUnavailableError)
                 return
             writer.close()
+
+    def _dialled_by(self, peer: NodeId) -> bool:
+        """Whether a link ``peer`` dialled to us is open (and greeted)."""
+        return any(link.peer == peer for link in self._inbound)
 
     def _learn(self, peer: NodeId, address: str) -> None:
         """Remember how to answer a peer that dialled us before we knew its address
