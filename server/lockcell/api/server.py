@@ -39,23 +39,22 @@ async def serve(config: MemberConfig, ready: asyncio.Event | None = None) -> Non
     log.info("member %s of cell %s serving clients on %s, peers on %s (fd limit %d)",
              member.id, config.cell, config.advertised_client_url,
              config.advertised_peer_url, limit)
-    stop = asyncio.Event()
-    received: list[int] = []
+    loop = asyncio.get_running_loop()
+    first_signal: asyncio.Future[int] = loop.create_future()
 
     def stop_on(sig: int) -> None:
-        received.append(sig)
-        stop.set()
+        if not first_signal.done():
+            first_signal.set_result(sig)
 
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop_on, sig)
     if ready is not None:
         ready.set()
     try:
-        await stop.wait()
+        received = await first_signal
         log.info("member %s stopping", member.id)
-        if received[:1] != [signal.SIGINT]:
+        if received != signal.SIGINT:
             # SIGTERM (a rolling restart): the cell goes on, so a leader hands over first.
             # SIGINT (Ctrl-C on a local cell, which stops every member): it need not.
             await member.hand_over()
